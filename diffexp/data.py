@@ -1,0 +1,105 @@
+"""Ground-truth images, always returned as float tensors (N, C, H, W) in [-1, 1].
+
+Each loader is built by ``conf/data/*.yaml`` as a partial and called with the model's
+``channels`` and ``size`` and the run's ``num_images``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+ASSETS = Path(__file__).parent / "assets"
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """[-1, 1] → [0, 1]."""
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def from_unit(x: Tensor) -> Tensor:
+    """[0, 1] → [-1, 1]."""
+    return x * 2 - 1
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """(C, H, W) in [-1, 1] → (H, W) or (H, W, 3) uint8 array for PNG files."""
+    arr = (to_unit(x.detach().float().cpu()) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return arr[..., 0] if arr.shape[-1] == 1 else arr
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an MNIST idx file (gzip or raw) into a uint8/int array."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MNIST idx file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte idx file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _load_image(path: Path, channels: int, size: int) -> Tensor:
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+    w, h = img.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != size:
+        img = img.resize((size, size), Image.BICUBIC)
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).float() / 255
+    arr = arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
+    return from_unit(arr)
+
+
+def folder(path: str, *, channels: int, size: int, num_images: int) -> Tensor:
+    """``data=folder``: the PNG/JPEG files of ``path`` sorted by name, converted to ``channels``
+    (RGB↔gray), centre-cropped and resized to ``size``; at most ``num_images`` of them."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.path={str(root)!r} is not a folder")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"data.path={str(root)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    if len(files) < num_images:
+        raise ValueError(f"num_images={num_images} but data.path={str(root)!r} holds only {len(files)} images")
+    return torch.stack([_load_image(f, channels, size) for f in files[:num_images]])
+
+
+def mnist_eval(*, channels: int, size: int, num_images: int) -> Tensor:
+    """``data=mnist_eval``: the 64 bundled MNIST test digits (see ``diffexp/assets/mnist_eval/README.md``)."""
+    return folder(str(ASSETS / "mnist_eval"), channels=channels, size=size, num_images=num_images)
+
+
+def synthetic(*, channels: int, size: int, num_images: int, seed: int = 0) -> Tensor:
+    """``data=synthetic``: deterministic procedural images (a gradient, a disc and a bar) per index."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    images = []
+    for i in range(num_images):
+        g = torch.Generator().manual_seed(seed * 100_003 + i)
+        u = torch.rand(10, generator=g)
+        angle = 2 * math.pi * u[0]
+        img = 0.3 * (math.cos(angle) * xx + math.sin(angle) * yy)
+        disc = ((xx - (0.25 + 0.5 * u[1])) ** 2 + (yy - (0.25 + 0.5 * u[2])) ** 2) < (0.1 + 0.15 * u[3]) ** 2
+        bar = ((xx - (0.2 + 0.6 * u[4])).abs() < 0.05 + 0.1 * u[5]) & ((yy - 0.5).abs() < 0.35)
+        layers = []
+        for c in range(channels):
+            tint = torch.rand(2, generator=g)
+            layers.append((img + 0.6 * tint[0] * disc + 0.5 * (tint[1] - 0.5) * bar).clamp(0, 1))
+        images.append(from_unit(torch.stack(layers)))
+    return torch.stack(images)

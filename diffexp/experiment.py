@@ -1,0 +1,209 @@
+"""``run(cfg)``: one experiment, from a composed Hydra config to ``metrics.json`` and images."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from diffexp.model import DiffusionModel
+from diffexp.outputs import Recorder
+from diffexp.schedule import respaced_timesteps, sdedit_start
+from diffexp.validate import validate
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+META_KEYS = ("name", "num_steps", "t_start")  # sampler keys that are not arguments of the function
+
+
+class Interrupted(BaseException):
+    """SIGTERM (or SIGINT) during a run; ``code`` is the exit status to leave with."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"interrupted by {'SIGINT' if code == 130 else 'SIGTERM'}")
+        self.code = code
+
+
+def resolve_device(name: str) -> torch.device:
+    """``runtime.device``: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"runtime.device={name!r} but CUDA is not available; allowed here: auto, cpu")
+    return device
+
+
+def image_generator(seed: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of image ``index``: all of its randomness (operator, noise, sampler) comes from it."""
+    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def sampler_parts(cfg_sampler: DictConfig) -> tuple[Any, int, int | None]:
+    """Split ``cfg.sampler`` into the sampler function (a partial) and its time-grid keys."""
+    fn_cfg = OmegaConf.masked_copy(cfg_sampler, [k for k in cfg_sampler if k not in META_KEYS])
+    return instantiate(fn_cfg), int(cfg_sampler.num_steps), cfg_sampler.get("t_start")
+
+
+@contextmanager
+def _signals() -> Iterator[None]:
+    """Turn SIGTERM into ``Interrupted(143)`` (SIGINT arrives as KeyboardInterrupt) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(143)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _prepare_model(model: DiffusionModel, runtime: DictConfig, device: torch.device) -> DiffusionModel:
+    model = model.to(device)
+    if runtime.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+    if runtime.compile:
+        model.unet = torch.compile(model.unet)
+    return model
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment; returns the content of ``metrics.json`` plus ``objective`` for sweepers."""
+    validate(cfg)
+    out_dir = Path(cfg.output_dir)
+    device = resolve_device(cfg.runtime.device)
+    if cfg.runtime.deterministic:
+        torch.use_deterministic_algorithms(True)
+    model = _prepare_model(instantiate(cfg.model), cfg.runtime, device)
+    sample, num_steps, t_start = sampler_parts(cfg.sampler)
+    guided = bool(getattr(sample.func, "guided", False))
+    operator_factory = instantiate(cfg.task.operator) if cfg.task.operator is not None else None
+    has_truth = operator_factory is not None
+    sdedit = has_truth and not guided
+    if sdedit and not cfg.task.get("sdedit", False):
+        raise ValueError(
+            f"sampler={cfg.sampler.name} cannot solve task={cfg.task.name}: it needs measurement guidance; "
+            "use sampler=dps or sampler=scoreald"
+        )
+    if guided and not has_truth:
+        raise ValueError(f"sampler={cfg.sampler.name} needs a measurement; task=generate supports ddpm, ddim")
+    if has_truth:  # build one operator now so that bad task settings fail before any sampling
+        operator_factory(image_shape=model.image_shape, generators=[image_generator(cfg.seed, 0, device)])
+    metrics = instantiate(cfg.metrics) if has_truth else None
+    T = model.num_train_timesteps
+    if sdedit:
+        t_start = sdedit_start(model.alphas_cumprod, cfg.task.sigma_y) if t_start is None else int(t_start)
+    grid = respaced_timesteps(T, num_steps, t_max=t_start).to(device)
+    truth_all = (
+        instantiate(cfg.data)(channels=model.channels, size=model.sample_size, num_images=cfg.num_images)
+        if has_truth
+        else None
+    )
+    header = {
+        "task": cfg.task.name, "sampler": cfg.sampler.name, "model": model.name, "num_images": cfg.num_images,
+        "nfe": len(grid), "channels": model.channels, "t_start": int(grid[0]),
+    }
+    recorder = Recorder(out_dir, header, has_truth=has_truth, resume=cfg.resume)
+    logger = instantiate(cfg.logger)(cfg=cfg, output_dir=out_dir)
+    todo = [i for i in range(cfg.num_images) if i not in recorder.done]
+    batches = [todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)]
+    dtype = DTYPES[cfg.runtime.dtype]
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    )
+    progress = tqdm(total=len(batches) * len(grid), desc=f"{cfg.task.name}/{cfg.sampler.name}", unit="step")
+    status, error, exit_code = "failed", None, 1
+    try:
+        with _signals():
+            for batch in batches:
+                gens = [image_generator(cfg.seed, i, device) for i in batch]
+                start = time.perf_counter()
+                if has_truth:
+                    truth = truth_all[batch].to(device)
+                    operator = operator_factory(image_shape=model.image_shape, generators=gens).to(device)
+                    y = operator.measure(truth, gens)
+                    if sdedit:
+                        x = model.alpha_bar(grid[:1], y).sqrt() * y
+                    else:
+                        x = torch.stack([torch.randn(model.image_shape, generator=g, device=device) for g in gens])
+                else:
+                    truth = operator = y = None
+                    x = torch.stack([torch.randn(model.image_shape, generator=g, device=device) for g in gens])
+                callback = functools.partial(_on_step, progress=progress, logger=logger, operator=operator, y=y)
+                with autocast:
+                    out = sample(model, x, timesteps=grid, generators=gens, y=y, operator=operator, callback=callback)
+                out = out.float().clamp(-1, 1)
+                seconds = time.perf_counter() - start
+                rows, baseline, raw = _evaluate(metrics, operator, out, truth, y, len(batch))
+                recorder.add(batch, out, rows, seconds, truth=truth, measurement=baseline, raw=raw)
+        status, exit_code = "ok", 0
+    except KeyboardInterrupt as err:
+        error, exit_code = "interrupted by SIGINT", 130
+        raise SystemExit(130) from err
+    except Interrupted as err:
+        error, exit_code = str(err), err.code
+        raise SystemExit(err.code) from err
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        raise
+    finally:
+        progress.close()
+        result = recorder.finish(status, error)
+        try:
+            logger.log_results(result, out_dir)
+        finally:
+            logger.finish(exit_code)
+        print(f"[diffexp] {status}: outputs written to {out_dir}")
+    objective = (result["metrics"].get(cfg.optimized_metric) or {}).get("mean") if has_truth else None
+    return {**result, "objective": objective}
+
+
+def _on_step(state: dict[str, Any], *, progress: tqdm, logger: Any, operator: Any, y: Any) -> None:
+    progress.update(1)
+    every = getattr(logger, "log_every", 0)
+    if every and (state["i"] + 1) % every == 0:
+        logger.log_step(state, operator=operator, y=y)
+
+
+@torch.no_grad()
+def _evaluate(
+    metrics: Any, operator: Any, out: torch.Tensor, truth: Any, y: Any, n: int
+) -> tuple[list[dict[str, Any]], Any, Any]:
+    """Per-image metrics of the output and of the measurement-only baseline, plus raw measurements."""
+    if metrics is None:
+        return [{} for _ in range(n)], None, None
+    baseline = operator.baseline(y).float().clamp(-1, 1)
+    recon, base = metrics(out, truth), metrics(baseline, truth)
+    residual = (operator(out) - y).flatten(1).norm(dim=1).tolist()
+    base_residual = (operator(baseline) - y).flatten(1).norm(dim=1).tolist()
+    rows = []
+    for j in range(n):
+        row = {name: values[j] for name, values in recon.items()}
+        row["residual"] = residual[j]
+        row.update({f"baseline_{name}": values[j] for name, values in base.items()})
+        row["baseline_residual"] = base_residual[j]
+        rows.append(row)
+    per_image = {k: v for k, v in operator.named_buffers() if v.shape[0] == n}
+    raw = [{"y": y[j].cpu(), **{k: v[j].cpu() for k, v in per_image.items()}} for j in range(n)]
+    return rows, baseline, raw

@@ -1,0 +1,33 @@
+"""Image files: PNGs and grids (inputs in [-1, 1], written as uint8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.utils import make_grid as tv_make_grid
+
+from diffexp.data import to_uint8
+
+
+def to_pil(x: Tensor) -> Image.Image:
+    """(C, H, W) in [-1, 1] → PIL image (L or RGB)."""
+    return Image.fromarray(to_uint8(x))
+
+
+def save_png(x: Tensor, path: Path) -> None:
+    to_pil(x).save(path)
+
+
+def make_grid(x: Tensor, nrow: int) -> Image.Image:
+    """Tile (N, C, H, W) images in [-1, 1] into one PIL image, ``nrow`` images per row."""
+    grid = tv_make_grid(x.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    return to_pil(grid[:1] if x.shape[1] == 1 else grid)
+
+
+def comparison_grid(columns: list[Tensor]) -> Image.Image:
+    """One row per image, one column per tensor (e.g. ground truth | measurement | reconstruction)."""
+    rows = torch.stack(columns, dim=1).flatten(0, 1)
+    return make_grid(rows, nrow=len(columns))

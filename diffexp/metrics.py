@@ -1,0 +1,83 @@
+"""Image-quality metrics on [0, 1] with torchmetrics, per image: PSNR, SSIM, LPIPS (AlexNet).
+
+PSNR uses ``data_range=1`` and ``dim=(1, 2, 3)`` (per image, as scikit-image); SSIM ``data_range=1``
+with its 11×11, σ=1.5 Gaussian window; LPIPS ``normalize=True``. LPIPS needs the ImageNet AlexNet
+backbone that torchvision keeps in ``$TORCH_HOME/hub/checkpoints/``; images under 64 px are
+bilinearly up-sampled to 64 px (AlexNet's pooling needs that) and gray images repeated to RGB.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from diffexp.data import to_unit
+
+log = logging.getLogger(__name__)
+LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"
+LPIPS_MIN_SIZE = 64
+_warned = False
+
+
+def lpips_backbone_path() -> Path:
+    """Where torchvision looks for the AlexNet weights (``$TORCH_HOME/hub/checkpoints/``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE
+
+
+class Metrics:
+    """Per-image PSNR, SSIM and LPIPS of images in [-1, 1] against a ground truth.
+
+    Args:
+        lpips: compute LPIPS when its backbone is available (else ``None`` with one warning).
+        lpips_required: raise, before any sampling, when the backbone is missing.
+    """
+
+    def __init__(self, lpips: bool = True, lpips_required: bool = False) -> None:
+        global _warned
+        self._lpips = None
+        if not lpips:
+            if lpips_required:
+                raise ValueError("metrics.lpips_required=true contradicts metrics.lpips=false")
+            return
+        path = lpips_backbone_path()
+        if path.is_file():
+            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+            self._lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="none", normalize=True)
+            self._lpips.eval().requires_grad_(False)
+            return
+        message = (
+            f"LPIPS backbone not found at {path}: lpips is reported as null. Place {LPIPS_BACKBONE} under "
+            "$TORCH_HOME/hub/checkpoints/ (run `make prefetch` on a machine with internet)."
+        )
+        if lpips_required:
+            raise FileNotFoundError(message + " (metrics.lpips_required=true)")
+        if not _warned:
+            log.warning(message)
+            _warned = True
+
+    @torch.no_grad()
+    def __call__(self, pred: Tensor, target: Tensor) -> dict[str, list[float | None]]:
+        """Per-image values ``{"psnr": [...], "ssim": [...], "lpips": [...] or [None, ...]}``."""
+        p, t = to_unit(pred.float()), to_unit(target.float())
+        out: dict[str, list[float | None]] = {
+            "psnr": peak_signal_noise_ratio(p, t, data_range=1.0, dim=(1, 2, 3), reduction="none").tolist(),
+            "ssim": structural_similarity_index_measure(p, t, data_range=1.0, reduction="none").tolist(),
+        }
+        out["lpips"] = self._lpips_values(p, t) if self._lpips is not None else [None] * len(p)
+        return out
+
+    def _lpips_values(self, p: Tensor, t: Tensor) -> list[float]:
+        if p.shape[1] == 1:
+            p, t = p.repeat(1, 3, 1, 1), t.repeat(1, 3, 1, 1)
+        if min(p.shape[-2:]) < LPIPS_MIN_SIZE:
+            size = (LPIPS_MIN_SIZE, LPIPS_MIN_SIZE)
+            p = F.interpolate(p, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+            t = F.interpolate(t, size=size, mode="bilinear", align_corners=False).clamp(0, 1)
+        self._lpips.to(p.device)
+        return self._lpips(p, t).flatten().tolist()

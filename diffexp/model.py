@@ -1,0 +1,183 @@
+"""Score predictor: a diffusers ``UNet2DModel`` with its DDPM noise schedule.
+
+The wrapper exposes the quantities every sampler needs (Ho et al. 2020; Song et al. 2021):
+``eps(x, t)``, Tweedie's ``x0(x, t) = (x_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t)`` and
+``score(x, t) = −ε/sqrt(1−ᾱ_t)``, whatever the network predicts (epsilon, sample or v).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import Tensor, nn
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+VARIANCE_TYPES = ("fixed_small", "fixed_large")
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+class DiffusionModel(nn.Module):
+    """A UNet and the schedule it was trained with.
+
+    Args:
+        unet: the noise/sample/v predictor ``unet(x_t, t).sample``.
+        scheduler: a diffusers ``DDPMScheduler`` whose config gives betas, ``prediction_type``,
+            ``variance_type`` and ``clip_sample``.
+        name: a label for logs and ``metrics.json``.
+    """
+
+    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, name: str = "model") -> None:
+        super().__init__()
+        cfg = scheduler.config
+        if cfg.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type={cfg.prediction_type!r} is not supported; allowed: {PREDICTION_TYPES}")
+        if cfg.variance_type not in VARIANCE_TYPES:
+            raise ValueError(f"variance_type={cfg.variance_type!r} is not supported; allowed: {VARIANCE_TYPES}")
+        if unet.config.out_channels != unet.config.in_channels:
+            raise ValueError(
+                f"UNet out_channels={unet.config.out_channels} != in_channels={unet.config.in_channels}: "
+                "learned-variance models are not supported"
+            )
+        self.unet = unet.eval().requires_grad_(False)
+        self.scheduler = scheduler
+        self.name = name
+        self.prediction_type: str = cfg.prediction_type
+        self.variance_type: str = cfg.variance_type
+        self.clip_sample: bool = bool(cfg.clip_sample)
+        self.clip_sample_range: float = float(getattr(cfg, "clip_sample_range", 1.0))
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(torch.float64).clone(), persistent=False)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return self.alphas_cumprod.numel()
+
+    @property
+    def channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def sample_size(self) -> int:
+        size = self.unet.config.sample_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.sample_size, self.sample_size)
+
+    def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
+        """ᾱ_t broadcast to ``like`` (shape (B,1,1,1), dtype of ``like``)."""
+        ab = self.alphas_cumprod[t.to(self.alphas_cumprod.device)].to(like.dtype)
+        return ab.reshape(-1, *([1] * (like.ndim - 1)))
+
+    def _timesteps(self, t: Tensor | int, x: Tensor) -> Tensor:
+        t = torch.as_tensor(t, device=x.device, dtype=torch.long)
+        return t.expand(x.shape[0]) if t.ndim == 0 else t
+
+    def eps(self, x: Tensor, t: Tensor | int) -> Tensor:
+        """Predicted noise ε_θ(x_t, t)."""
+        t = self._timesteps(t, x)
+        out = self.unet(x, t).sample.to(x.dtype)
+        if self.prediction_type == "epsilon":
+            return out
+        ab = self.alpha_bar(t, x)
+        if self.prediction_type == "sample":
+            return (x - ab.sqrt() * out) / (1 - ab).sqrt()
+        return ab.sqrt() * out + (1 - ab).sqrt() * x  # v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0
+
+    def x0(self, x: Tensor, t: Tensor | int) -> Tensor:
+        """Tweedie's denoised estimate x̂0 = (x_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t)."""
+        t = self._timesteps(t, x)
+        ab = self.alpha_bar(t, x)
+        return (x - (1 - ab).sqrt() * self.eps(x, t)) / ab.sqrt()
+
+    def score(self, x: Tensor, t: Tensor | int) -> Tensor:
+        """Score ∇ log p_t(x_t) = −ε/sqrt(1−ᾱ_t)."""
+        t = self._timesteps(t, x)
+        return -self.eps(x, t) / (1 - self.alpha_bar(t, x)).sqrt()
+
+
+def tiny_unet(sample_size: int = 16, channels: int = 3, seed: int = 0) -> UNet2DModel:
+    """A few-thousand-parameter random UNet (with one attention block) for tests and debugging."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=channels,
+        out_channels=channels,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+    )
+
+
+def tiny_model(sample_size: int = 16, channels: int = 3, seed: int = 0, **scheduler_kwargs: Any) -> DiffusionModel:
+    """``model=tiny``: a tiny random UNet built in memory with a linear T=1000 DDPM schedule."""
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", **scheduler_kwargs)
+    return DiffusionModel(tiny_unet(sample_size, channels, seed), scheduler, name="tiny")
+
+
+def _find(folder: Path, names: tuple[str, ...], subdir: str) -> Path | None:
+    for base in (folder, folder / subdir):
+        for name in names:
+            if (base / name).is_file():
+                return base
+    return None
+
+
+def _load_folder(folder: Path, name: str) -> DiffusionModel:
+    unet_dir = _find(folder, WEIGHT_FILES, "unet")
+    if unet_dir is None or not (unet_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model folder {folder} has no UNet: expected config.json and one of {WEIGHT_FILES} "
+            "at its root or in unet/"
+        )
+    sched_dir = _find(folder, ("scheduler_config.json",), "scheduler")
+    if sched_dir is None:
+        raise FileNotFoundError(f"model folder {folder} has no scheduler_config.json at its root or in scheduler/")
+    unet = UNet2DModel.from_pretrained(unet_dir)
+    scheduler = DDPMScheduler.from_pretrained(sched_dir)
+    return DiffusionModel(unet, scheduler, name=name)
+
+
+def _download(repo_id: str) -> Path:
+    """Fetch a hub snapshot (cache first); fail fast with a clear message when the hub is unreachable."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    patterns = ["*.json", "*.safetensors", "unet/*", "scheduler/*"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except HFValidationError as err:
+        raise ValueError(f"pretrained={repo_id!r} is neither an existing local folder nor a valid hub id") from err
+    except Exception:  # noqa: BLE001 - not cached: fall through to a network attempt
+        pass
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as err:  # noqa: BLE001 - the hub raises many kinds of network errors
+        raise RuntimeError(
+            f"could not load pretrained={repo_id!r}: it is not a local folder and the Hugging Face hub was not "
+            f"reachable (no network/hub access; {type(err).__name__}). Download it on a machine with internet "
+            "(`make prefetch`, or `huggingface-cli download <id> --local-dir DIR`) and pass "
+            "model.pretrained=DIR, a local folder in diffusers layout."
+        ) from err
+
+
+def load_pretrained(pretrained: str, name: str | None = None) -> DiffusionModel:
+    """``model=pretrained``: load a hub id or a local diffusers folder (UNet and scheduler config
+    at the root or in ``unet/`` and ``scheduler/``)."""
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"pretrained={pretrained!r} is a file; expected a diffusers model folder")
+        return _load_folder(path, name or path.name)
+    if pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
+        raise FileNotFoundError(f"pretrained={pretrained!r}: no such local folder (and it is not a hub id 'owner/name')")
+    return _load_folder(_download(pretrained), name or pretrained)

@@ -1,0 +1,1 @@
+"""Measurement operators (one file each); built by ``conf/task/*.yaml``."""

@@ -1,0 +1,1 @@
+"""Samplers: plain functions with one shared signature (see ``diffexp.samplers.base``)."""

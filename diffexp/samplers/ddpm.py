@@ -1,0 +1,42 @@
+"""DDPM ancestral sampling (Ho et al., NeurIPS 2020, Algorithm 2 with eqs. 6–7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffexp.samplers.base import Callback, ancestral_step, check_finite, clip_x0, step_alphas
+
+
+@torch.no_grad()
+def ddpm(
+    model: Any,
+    x: Tensor,
+    *,
+    timesteps: Tensor,
+    generators: Sequence[torch.Generator],
+    y: Tensor | None = None,
+    operator: Any = None,
+    callback: Callback | None = None,
+    clip_denoised: bool | None = None,
+) -> Tensor:
+    """Ancestral sampling: x̂0 by Tweedie, then x_{t-1} ~ q(x_{t-1} | x_t, x̂0).
+
+    Unconditional: ``y`` and ``operator`` are ignored (a denoising run starts ``x`` from the
+    noisy image instead, SDEdit). ``clip_denoised`` None follows the scheduler's ``clip_sample``.
+    """
+    x0 = x
+    for i, t in enumerate(timesteps):
+        ab, ab_prev = step_alphas(model, timesteps, i, x)
+        x0 = clip_x0(model, model.x0(x, t), clip_denoised)
+        x = ancestral_step(model, x, x0, ab, ab_prev, generators)
+        check_finite("ddpm", i, t, "a model producing NaN/Inf", x=x, x0=x0)
+        if callback is not None:
+            callback({"i": i, "t": t, "x": x, "x0": x0})
+    return x
+
+
+ddpm.guided = False

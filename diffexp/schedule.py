@@ -1,0 +1,53 @@
+"""Noise schedules and time grids as pure functions.
+
+Respacing follows improved-DDPM / DPS ``timestep_respacing`` (Nichol & Dhariwal 2021): keep
+``num_steps`` evenly spaced timesteps of the training chain and recompute the betas from the
+cumulative products at the kept steps, so that ᾱ is unchanged where a step is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def respaced_timesteps(num_train_timesteps: int, num_steps: int, t_max: int | None = None) -> Tensor:
+    """Decreasing grid of ``num_steps`` timesteps evenly spaced over ``[0, t_max]``.
+
+    ``t_max`` defaults to ``num_train_timesteps - 1``. With ``num_steps`` equal to the number of
+    available steps this is the full chain ``t_max, ..., 1, 0``.
+    """
+    t_max = num_train_timesteps - 1 if t_max is None else t_max
+    if not 0 <= t_max < num_train_timesteps:
+        raise ValueError(f"t_max={t_max} must lie in [0, {num_train_timesteps - 1}]")
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps={num_steps} must lie in [1, {num_train_timesteps}] (the model's T)")
+    num_steps = min(num_steps, t_max + 1)
+    if num_steps == 1:
+        return torch.tensor([t_max], dtype=torch.long)
+    stride = t_max / (num_steps - 1)
+    kept = sorted({round(i * stride) for i in range(num_steps)})
+    return torch.tensor(kept[::-1], dtype=torch.long)
+
+
+def respaced_betas(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
+    """Betas of the respaced chain: ``β_k = 1 − ᾱ_{t_k} / ᾱ_{t_{k-1}}`` (ᾱ = 1 before the first step).
+
+    ``timesteps`` is a decreasing grid; the result is aligned with it.
+    """
+    ab = alphas_cumprod[timesteps]
+    ab_prev = previous_alphas_cumprod(alphas_cumprod, timesteps)
+    return 1.0 - ab / ab_prev
+
+
+def previous_alphas_cumprod(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
+    """ᾱ at the next (lower) grid point for each step of a decreasing grid; 1 after the last step."""
+    ab = alphas_cumprod[timesteps]
+    one = torch.ones(1, dtype=ab.dtype, device=ab.device)
+    return torch.cat([ab[1:], one])
+
+
+def sdedit_start(alphas_cumprod: Tensor, sigma: float) -> int:
+    """Timestep whose VE noise level sqrt((1 − ᾱ_t)/ᾱ_t) is closest to ``sigma`` (SDEdit, Meng et al. 2022)."""
+    levels = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+    return int((levels - sigma).abs().argmin())
