@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".jfif", ".ppm", ".pgm", ".tga")
 ASSETS = Path(__file__).parent / "assets"
 
 
@@ -73,6 +74,12 @@ def folder(path: str, *, channels: int, size: int, num_images: int) -> Tensor:
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data.path={str(root)!r} is not a folder")
+    unsupported = sorted(p.name for p in root.iterdir() if p.suffix.lower() in OTHER_IMAGE_SUFFIXES)
+    if unsupported:
+        raise ValueError(
+            f"data.path={str(root)!r} holds an unsupported image file {unsupported[0]!r}; "
+            f"allowed: {', '.join(IMAGE_SUFFIXES)} (convert it or move it out)"
+        )
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"data.path={str(root)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,13 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from diffexp.model import DiffusionModel
-from diffexp.outputs import Recorder
+from diffexp.outputs import Recorder, settings_hash
 from diffexp.schedule import respaced_timesteps, sdedit_start
-from diffexp.validate import validate
+from diffexp.validate import SAMPLER_META_KEYS, validate, validate_data, validate_model
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-META_KEYS = ("name", "num_steps", "t_start")  # sampler keys that are not arguments of the function
 
 
 class Interrupted(BaseException):
@@ -58,7 +58,7 @@ def image_generator(seed: int, index: int, device: torch.device) -> torch.Genera
 
 def sampler_parts(cfg_sampler: DictConfig) -> tuple[Any, int, int | None]:
     """Split ``cfg.sampler`` into the sampler function (a partial) and its time-grid keys."""
-    fn_cfg = OmegaConf.masked_copy(cfg_sampler, [k for k in cfg_sampler if k not in META_KEYS])
+    fn_cfg = OmegaConf.masked_copy(cfg_sampler, [k for k in cfg_sampler if k not in SAMPLER_META_KEYS])
     return instantiate(fn_cfg), int(cfg_sampler.num_steps), cfg_sampler.get("t_start")
 
 
@@ -94,8 +94,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     device = resolve_device(cfg.runtime.device)
     if cfg.runtime.deterministic:
-        torch.use_deterministic_algorithms(True)
-    model = _prepare_model(instantiate(cfg.model), cfg.runtime, device)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it
+    torch.use_deterministic_algorithms(cfg.runtime.deterministic)  # set both ways: jobs share a process
+    model = instantiate(cfg.model)
+    validate_model(cfg, model)
+    model = _prepare_model(model, cfg.runtime, device)
     sample, num_steps, t_start = sampler_parts(cfg.sampler)
     guided = bool(getattr(sample.func, "guided", False))
     operator_factory = instantiate(cfg.task.operator) if cfg.task.operator is not None else None
@@ -120,9 +123,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if has_truth
         else None
     )
+    if truth_all is not None:
+        validate_data(truth_all, cfg, model.image_shape)
     header = {
         "task": cfg.task.name, "sampler": cfg.sampler.name, "model": model.name, "num_images": cfg.num_images,
-        "nfe": len(grid), "channels": model.channels, "t_start": int(grid[0]),
+        "nfe": len(grid), "channels": model.channels, "t_start": int(grid[0]), "settings": settings_hash(cfg),
     }
     recorder = Recorder(out_dir, header, has_truth=has_truth, resume=cfg.resume)
     logger = instantiate(cfg.logger)(cfg=cfg, output_dir=out_dir)
@@ -169,8 +174,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     finally:
         progress.close()
-        result = recorder.finish(status, error)
         try:
+            result = recorder.finish(status, error)
             logger.log_results(result, out_dir)
         finally:
             logger.finish(exit_code)

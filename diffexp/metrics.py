@@ -1,7 +1,7 @@
 """Image-quality metrics on [0, 1] with torchmetrics, per image: PSNR, SSIM, LPIPS (AlexNet).
 
 PSNR uses ``data_range=1`` and ``dim=(1, 2, 3)`` (per image, as scikit-image); SSIM ``data_range=1``
-with its 11×11, σ=1.5 Gaussian window; LPIPS ``normalize=True``. LPIPS needs the ImageNet AlexNet
+with its 11×11, σ=1.5 Gaussian window, averaged over windows inside the image (as scikit-image); LPIPS ``normalize=True``. LPIPS needs the ImageNet AlexNet
 backbone that torchvision keeps in ``$TORCH_HOME/hub/checkpoints/``; images under 64 px are
 bilinearly up-sampled to 64 px (AlexNet's pooling needs that) and gray images repeated to RGB.
 """
@@ -27,6 +27,16 @@ _warned = False
 def lpips_backbone_path() -> Path:
     """Where torchvision looks for the AlexNet weights (``$TORCH_HOME/hub/checkpoints/``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE
+
+
+SSIM_PAD = 5  # half-width of SSIM's 11×11 Gaussian window (σ = 1.5, truncated at 3.5σ)
+
+
+def _ssim(p: Tensor, t: Tensor) -> Tensor:
+    """Per-image SSIM averaged over the windows that lie inside the image (Wang et al. 2004; as
+    scikit-image). torchmetrics ≥ 1.5 also averages the reflect-padded border windows: we crop them."""
+    _, full = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none", return_full_image=True)
+    return full[..., SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD].mean(dim=(1, 2, 3))
 
 
 class Metrics:
@@ -67,7 +77,7 @@ class Metrics:
         p, t = to_unit(pred.float()), to_unit(target.float())
         out: dict[str, list[float | None]] = {
             "psnr": peak_signal_noise_ratio(p, t, data_range=1.0, dim=(1, 2, 3), reduction="none").tolist(),
-            "ssim": structural_similarity_index_measure(p, t, data_range=1.0, reduction="none").tolist(),
+            "ssim": _ssim(p, t).tolist(),
         }
         out["lpips"] = self._lpips_values(p, t) if self._lpips is not None else [None] * len(p)
         return out

@@ -8,8 +8,12 @@ The wrapper exposes the quantities every sampler needs (Ho et al. 2020; Song et 
 from __future__ import annotations
 
 import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
@@ -157,17 +161,31 @@ def _download(repo_id: str) -> Path:
         raise ValueError(f"pretrained={repo_id!r} is neither an existing local folder nor a valid hub id") from err
     except Exception:  # noqa: BLE001 - not cached: fall through to a network attempt
         pass
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    message = (
+        f"could not load pretrained={repo_id!r}: it is not a local folder, not in the Hugging Face cache, and "
+        "the hub was not reachable (no network/hub access{}). Download it on a machine with internet "
+        "(`make prefetch`, or `huggingface-cli download <id> --local-dir DIR`) and pass "
+        "model.pretrained=DIR, a local folder in diffusers layout."
+    )
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
+        raise RuntimeError(message.format(""))
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
     except Exception as err:  # noqa: BLE001 - the hub raises many kinds of network errors
-        raise RuntimeError(
-            f"could not load pretrained={repo_id!r}: it is not a local folder and the Hugging Face hub was not "
-            f"reachable (no network/hub access; {type(err).__name__}). Download it on a machine with internet "
-            "(`make prefetch`, or `huggingface-cli download <id> --local-dir DIR`) and pass "
-            "model.pretrained=DIR, a local folder in diffusers layout."
-        ) from err
+        raise RuntimeError(message.format(f"; {type(err).__name__}")) from err
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds (DNS included)."""
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(socket.create_connection, (host, 443), timeout)
+    pool.shutdown(wait=False)
+    try:
+        future.result(timeout=timeout + 1).close()
+        return True
+    except (OSError, FutureTimeout):
+        return False
 
 
 def load_pretrained(pretrained: str, name: str | None = None) -> DiffusionModel:

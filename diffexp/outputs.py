@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
 
@@ -22,6 +24,8 @@ from diffexp.data import from_unit
 from diffexp.images import comparison_grid, make_grid, save_png
 
 METRICS = ("psnr", "ssim", "lpips", "residual")
+# What decides an image's result: resume refuses an output dir written with other values of these.
+RESULT_SETTINGS = ("model", "sampler", "task", "data", "metrics", "seed", "runtime.dtype")
 
 
 def image_name(index: int, suffix: str = "") -> str:
@@ -40,6 +44,30 @@ def summarize(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, dict[st
         else:
             out[name] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
     return out
+
+
+def _canonical(value: Any) -> Any:
+    """Numbers as floats (``step_size=3`` and ``3.0`` are the same setting), recursively."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def settings_hash(cfg: DictConfig) -> str:
+    """Fingerprint of the ``RESULT_SETTINGS`` (not num_images, batch_size, device or logger)."""
+    picked = {}
+    for key in RESULT_SETTINGS:
+        value = OmegaConf.select(cfg, key)
+        value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+        picked[key] = _canonical(value)
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finite_or_none(row: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no Inf/NaN: a non-finite value (PSNR of an exact match is +Inf) is stored as null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -81,7 +109,13 @@ class Recorder:
                     raise ValueError(
                         f"resume=true: {path} was written for {key}={previous.get(key)!r}, not {header.get(key)!r}"
                     )
-            self.rows = {r["index"]: r for r in previous.get("per_image", [])}
+            if previous.get("settings") != header.get("settings"):
+                raise ValueError(
+                    f"resume=true: {path} was written with other settings (one of {', '.join(RESULT_SETTINGS)} "
+                    "differs); resume with the original settings or use a new output dir"
+                )
+            num_images = header.get("num_images", math.inf)
+            self.rows = {r["index"]: r for r in previous.get("per_image", []) if r["index"] < num_images}
             self.seconds = float(previous.get("seconds") or 0.0)
 
     @property
@@ -108,7 +142,7 @@ class Recorder:
             if raw is not None:
                 (self.out_dir / "measurements").mkdir(exist_ok=True)
                 torch.save(raw[j], self.out_dir / "measurements" / f"{index:05d}.pt")
-            self.rows[index] = {"index": index, **rows[j]}
+            self.rows[index] = {"index": index, **_finite_or_none(rows[j])}
         self.seconds += seconds
         self.write("running")
 

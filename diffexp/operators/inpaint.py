@@ -22,8 +22,11 @@ def box_mask(h: int, w: int, g: torch.Generator, size: int, random_position: boo
     return m
 
 
-def random_mask(h: int, w: int, g: torch.Generator, fraction: float) -> Tensor:
-    """Drop each pixel independently with probability ``fraction``."""
+def random_mask(h: int, w: int, g: torch.Generator, fraction: float, fraction_max: float | None = None) -> Tensor:
+    """Drop each pixel independently with probability ``fraction``, or with a probability drawn per
+    image uniformly from [fraction, fraction_max] (DPS: 0.3–0.7)."""
+    if fraction_max is not None:
+        fraction = fraction + (fraction_max - fraction) * float(torch.rand(1, generator=g, device=g.device))
     return (torch.rand(h, w, generator=g, device=g.device) >= fraction).float().cpu()
 
 
@@ -45,6 +48,7 @@ class Inpaint(LinearOperator):
         box_size: side of the missing square (box), in pixels.
         random_position: place the box at a random position per image (box).
         fraction: fraction of pixels dropped, in (0, 1) (random).
+        fraction_max: if set, each image drops a fraction drawn uniformly from [fraction, fraction_max].
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class Inpaint(LinearOperator):
         box_size: int = 12,
         random_position: bool = False,
         fraction: float = 0.7,
+        fraction_max: float | None = None,
     ) -> None:
         super().__init__(image_shape, generators, sigma_y)
         _, h, w = self.image_shape
@@ -66,9 +71,11 @@ class Inpaint(LinearOperator):
             raise ValueError(f"task.box_size={box_size} must lie in [1, {min(h, w)}] for {h}x{w} images")
         if mask == "random" and not 0 < fraction < 1:
             raise ValueError(f"task.fraction={fraction} must lie in (0, 1)")
+        if mask == "random" and fraction_max is not None and not fraction <= fraction_max < 1:
+            raise ValueError(f"task.fraction_max={fraction_max} must lie in [fraction={fraction}, 1)")
         makers = {
             "box": lambda g: box_mask(h, w, g, box_size, random_position),
-            "random": lambda g: random_mask(h, w, g, fraction),
+            "random": lambda g: random_mask(h, w, g, fraction, fraction_max),
             "half": lambda g: half_mask(h, w),
         }
         self.register_buffer("mask", torch.stack([makers[mask](g) for g in generators])[:, None])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, check_finite, clip_x0, per_image_noise, step_alphas
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, per_image_noise
 
 
 @torch.no_grad()
@@ -32,15 +32,17 @@ def ddim(
     if eta < 0:
         raise ValueError(f"sampler.eta={eta} must be >= 0")
     x0 = x
+    ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
+    check = FiniteCheck("ddim", "a model producing NaN/Inf", timesteps, x.device)
     for i, t in enumerate(timesteps):
-        ab, ab_prev = step_alphas(model, timesteps, i, x)
+        ab, ab_prev = ab_all[i], ab_prev_all[i]
         eps = model.eps(x, t)
         x0 = clip_x0(model, (x - (1 - ab).sqrt() * eps) / ab.sqrt(), clip_denoised)
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
         if eta > 0 and i + 1 < len(timesteps):
             x = x + sigma * per_image_noise(generators, x)
-        check_finite("ddim", i, t, "a model producing NaN/Inf", x=x, x0=x0)
+        check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, ancestral_step, check_finite, clip_x0, step_alphas
+from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas
 
 
 @torch.no_grad()
@@ -29,11 +29,12 @@ def ddpm(
     noisy image instead, SDEdit). ``clip_denoised`` None follows the scheduler's ``clip_sample``.
     """
     x0 = x
+    ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
+    check = FiniteCheck("ddpm", "a model producing NaN/Inf", timesteps, x.device)
     for i, t in enumerate(timesteps):
-        ab, ab_prev = step_alphas(model, timesteps, i, x)
         x0 = clip_x0(model, model.x0(x, t), clip_denoised)
-        x = ancestral_step(model, x, x0, ab, ab_prev, generators)
-        check_finite("ddpm", i, t, "a model producing NaN/Inf", x=x, x0=x0)
+        x = ancestral_step(model, x, x0, ab_all[i], ab_prev_all[i], generators, last=i + 1 == len(timesteps))
+        check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, ancestral_step, check_finite, clip_x0, step_alphas
+from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas
 
 
 def dps(
@@ -33,16 +33,20 @@ def dps(
         raise ValueError("sampler=dps needs a measurement: use a task with an operator (not task=generate)")
     if step_size <= 0:
         raise ValueError(f"sampler.step_size={step_size} must be > 0")
+    ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
+    check = FiniteCheck("dps", f"sampler.step_size={step_size} too large", timesteps, x.device)
     for i, t in enumerate(timesteps):
-        ab, ab_prev = step_alphas(model, timesteps, i, x)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             x0 = clip_x0(model, model.x0(x_in, t), clip_denoised)
             residual = (y - operator(x0)).flatten(1).norm(dim=1)
             (grad,) = torch.autograd.grad(residual.sum(), x_in)
         x0 = x0.detach()
-        x = ancestral_step(model, x_in.detach(), x0, ab, ab_prev, generators) - step_size * grad
-        check_finite("dps", i, t, f"sampler.step_size={step_size} too large", x=x, x0=x0)
+        x_prev = ancestral_step(
+            model, x_in.detach(), x0, ab_all[i], ab_prev_all[i], generators, last=i + 1 == len(timesteps)
+        )
+        x = x_prev - step_size * grad
+        check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0, "residual": residual.detach()})
     return x

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, ancestral_step, check_finite, clip_x0, step_alphas
+from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas
 
 
 @torch.no_grad()
@@ -46,14 +46,16 @@ def scoreald(
     if step_size <= 0:
         raise ValueError(f"sampler.step_size={step_size} must be > 0")
     sigma2 = operator.sigma_y**2
+    ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
+    check = FiniteCheck("scoreald", f"sampler.step_size={step_size} too large", timesteps, x.device)
     for i, t in enumerate(timesteps):
-        ab, ab_prev = step_alphas(model, timesteps, i, x)
+        ab = ab_all[i]
         x0 = clip_x0(model, model.x0(x, t), clip_denoised)
-        x_prev = ancestral_step(model, x, x0, ab, ab_prev, generators)
+        x_prev = ancestral_step(model, x, x0, ab, ab_prev_all[i], generators, last=i + 1 == len(timesteps))
         r = operator(x / ab.sqrt()) - y
         gamma2 = (1 - ab) / ab
         x = x_prev - step_size * (1 - ab) / (ab.sqrt() * (sigma2 + gamma2)) * operator.adjoint(r)
-        check_finite("scoreald", i, t, f"sampler.step_size={step_size} too large", x=x, x0=x0)
+        check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0, "residual": (y - operator(x0)).flatten(1).norm(dim=1)})
     return x

@@ -1,0 +1,201 @@
+"""Shared pieces of the benchmarks: settings, the real Hydra config, machine info, interleaved timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from diffexp.experiment import image_generator, resolve_device, sampler_parts
+from diffexp.model import DiffusionModel
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every size of every benchmark; ``python -m benchmarks.run --help`` lists them as options."""
+
+    model: str = "mnist"  # conf/model/<model>.yaml
+    data: str = "mnist_eval"  # conf/data/<data>.yaml (quality and DPS ground truth)
+    device: str = "auto"  # runtime.device
+    threads: int = 0  # torch.set_num_threads; 0 keeps torch's default
+    repeats: int = 3  # timed runs per side, interleaved
+    seed: int = 0
+    gen_steps: int = 1000  # 1. generation: ddpm vs diffusers.DDPMPipeline
+    gen_batch: int = 8
+    dps_task: str = "deblur"  # 2. DPS per image: diffexp vs deepinv vs the official loop
+    dps_steps: int = 200
+    dps_images: int = 2
+    scaling_steps: int = 20  # 3. batch scaling (seconds per image do not depend on the step count)
+    scaling_batches: tuple[int, ...] = (1, 8, 32)
+    quality_steps: tuple[int, ...] = (50, 100, 250, 1000)  # 4. quality vs steps
+    quality_images: int = 8
+    quality_tasks: tuple[str, ...] = ("deblur", "inpaint")
+    memory_batch: int = 8  # 1. and 5. peak memory, one fresh process per side
+    memory_steps: int = 3
+
+
+QUICK = {
+    "repeats": 2, "gen_steps": 10, "gen_batch": 2, "dps_steps": 10, "dps_images": 1, "scaling_steps": 3,
+    "scaling_batches": (1, 8), "quality_steps": (10, 20), "quality_images": 2, "memory_batch": 2, "memory_steps": 2,
+}
+
+
+def settings_from(values: dict[str, Any], quick: bool) -> Settings:
+    """Defaults, then the ``--quick`` sizes, then the options given on the command line."""
+    base = replace(Settings(), **QUICK) if quick else Settings()
+    return replace(base, **{k: v for k, v in values.items() if v is not None})
+
+
+def setting_fields() -> list[tuple[str, Any, Any]]:
+    """(name, type of one value, default) of each setting, for the command line."""
+    out = []
+    for f in fields(Settings):
+        default = getattr(Settings(), f.name)
+        out.append((f.name, type(default[0]) if isinstance(default, tuple) else type(default), default))
+    return out
+
+
+def compose_cfg(s: Settings, *overrides: str) -> DictConfig:
+    """The real ``conf/config.yaml`` with the benchmark's model, data and device, plus ``overrides``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(
+            "config",
+            overrides=[f"model={s.model}", f"data={s.data}", "logger=none", f"runtime.device={s.device}", *overrides],
+        )
+
+
+def setup(s: Settings) -> torch.device:
+    """Apply the thread count and resolve the device."""
+    if s.threads > 0:
+        torch.set_num_threads(s.threads)
+    return resolve_device(s.device)
+
+
+def load_model(s: Settings, device: torch.device) -> DiffusionModel:
+    """The benchmark's model, on ``device``."""
+    return instantiate(compose_cfg(s).model).to(device)
+
+
+def sampler_fn(s: Settings, name: str) -> Callable[..., torch.Tensor]:
+    """``conf/sampler/<name>.yaml`` as a partial (its configured hyperparameters bound)."""
+    return sampler_parts(compose_cfg(s, f"sampler={name}").sampler)[0]
+
+
+def generators(seed: int, indices: range | list[int], device: torch.device) -> list[torch.Generator]:
+    """The per-image generators ``run`` would use for these image indices."""
+    return [image_generator(seed, i, device) for i in indices]
+
+
+def initial_noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """x_T, row i from ``gens[i]`` (as ``run``)."""
+    return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued work on an accelerator, so that a timer measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def interleaved(
+    sides: dict[str, Callable[[int], Any]], steps: int, repeats: int, device: torch.device, warmup_steps: int = 2
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Time ``side(steps)`` for each side in one process: a short untimed warm-up of each, then
+    ``repeats`` rounds, alternating the order each round (A B, B A, ...). Returns the seconds of each
+    run per side and each side's output of its last run."""
+    for side in sides.values():
+        side(min(warmup_steps, steps))
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    outputs: dict[str, Any] = {}
+    names = list(sides)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            sync(device)
+            start = time.perf_counter()
+            outputs[name] = sides[name](steps)
+            sync(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, outputs
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """CPU, core and thread counts, library versions, accelerator name and the git commit."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        lines = cpuinfo.read_text().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    info: dict[str, Any] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
+        "deepinv": _version("deepinv"),
+        "commit": _git_commit(),
+    }
+    return info
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    status = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True, timeout=10
+    )
+    return out.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def write_result(out_dir: Path, name: str, result: dict[str, Any]) -> Path:
+    """``<out_dir>/<name>.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def settings_dict(s: Settings) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(s).items()}

@@ -1,0 +1,287 @@
+"""The five benchmarks. Each returns a result dict: ``title``, ``setup``, ``columns``, ``rows``,
+``summary`` and ``notes``, which ``benchmarks.report`` turns into a Markdown section."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+
+import diffexp
+from benchmarks import sides
+from benchmarks.common import (
+    Settings,
+    compose_cfg,
+    generators,
+    initial_noise,
+    interleaved,
+    load_model,
+    median,
+    sampler_fn,
+    setup,
+)
+from benchmarks.memory import peak_memory
+from diffexp.metrics import Metrics
+
+MB = 2**20
+
+
+def _measurement(s: Settings, model: Any, task: str, indices: list[int]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """(operator, y, truth) for the images ``indices`` of the benchmark's data, as ``run`` builds them."""
+    device = model.alphas_cumprod.device
+    cfg = compose_cfg(s, f"task={task}")
+    truth = instantiate(cfg.data)(channels=model.channels, size=model.sample_size, num_images=max(indices) + 1)
+    truth = truth[indices].to(device)
+    gens = generators(s.seed, indices, device)
+    operator = instantiate(cfg.task.operator)(image_shape=model.image_shape, generators=gens).to(device)
+    return operator, operator.measure(truth, gens), truth
+
+
+def generation(s: Settings, out_dir: Path) -> dict[str, Any]:
+    """1. ``sampler=ddpm`` vs ``diffusers.DDPMPipeline``: same UNet, steps and batch; time and peak memory."""
+    device = setup(s)
+    model = load_model(s, device)
+    pipe = sides.diffusers_pipeline(model)
+    ddpm = sampler_fn(s, "ddpm")
+    batch = list(range(s.gen_batch))
+    seconds, _ = interleaved(
+        {
+            "diffexp": lambda n: sides.diffexp_sample(model, ddpm, s.seed, batch, n),
+            "diffusers": lambda n: sides.diffusers_ddpm(pipe, s.gen_batch, s.seed, n),
+        },
+        s.gen_steps, s.repeats, device,
+    )
+    memory = peak_memory(s, [("diffexp-ddpm", s.gen_batch), ("diffusers-ddpm", s.gen_batch)], s.memory_steps)
+    labels = {"diffexp": "diffexp `sampler=ddpm`", "diffusers": "diffusers `DDPMPipeline`"}
+    rows = [
+        {
+            "side": labels[name], "median_s": median(seconds[name]), "s_per_image": median(seconds[name]) / s.gen_batch,
+            "peak_mb": mem["peak_bytes"] / MB, "runs_s": seconds[name],
+        }
+        for name, mem in zip(labels, memory)
+    ]
+    return {
+        "title": "1. Unconditional generation: diffexp vs diffusers",
+        "setup": f"model={s.model}, {s.gen_steps} steps, batch {s.gen_batch}, {s.repeats} interleaved runs per side "
+        f"(median); peak memory of one call at batch {s.gen_batch} ({memory[0]['method']}, fresh process per side)",
+        "columns": [("side", "side", ""), ("median_s", "median s", ".2f"), ("s_per_image", "s / image", ".3f"),
+                    ("peak_mb", "peak MB", ".1f")],
+        "rows": rows,
+        "summary": {
+            "time ratio diffexp / diffusers (target <= 1.0)": rows[0]["median_s"] / rows[1]["median_s"],
+            "peak memory ratio diffexp / diffusers": _ratio(rows[0]["peak_mb"], rows[1]["peak_mb"]),
+        },
+        "notes": ["Same UNet object, same scheduler config, same number of UNet evaluations; diffexp's grid "
+                  "spaces steps evenly over [0, T-1], the pipeline uses the scheduler's `leading` spacing "
+                  "(identical at 1000 steps)."],
+    }
+
+
+def dps(s: Settings, out_dir: Path) -> dict[str, Any]:
+    """2. DPS per image (batch 1): diffexp vs deepinv vs the official loop; time and PSNR on the same y."""
+    device = setup(s)
+    model = load_model(s, device)
+    dps_fn = sampler_fn(s, "dps")
+    zeta = float(dps_fn.keywords["step_size"])
+    weight = sides.deepinv_weight(model, s.dps_steps, zeta)
+    metrics = Metrics(lpips=False)
+    seconds: dict[str, list[float]] = {}
+    scores: dict[str, list[dict[str, float]]] = {}
+    notes = [
+        f"Task `{s.dps_task}` as configured in conf/task/{s.dps_task}.yaml; diffexp and the official loop use "
+        f"zeta = {zeta:g} (conf/sampler/dps.yaml); deepinv `DPS(solver='ddpm', weight={weight:.1f})`, the weight "
+        "that gives the same total guidance (`benchmarks.sides.deepinv_weight`); deepinv wraps the same UNet with "
+        "its own `ScoreModelWrapper` (scale_t = sqrt(alphas_cumprod)) and runs its solver in float64 (its default).",
+    ]
+    deepinv_error = _deepinv_unavailable()
+    if deepinv_error:
+        notes.append(f"deepinv not compared: {deepinv_error}")
+    for j in range(s.dps_images):
+        operator, y, truth = _measurement(s, model, s.dps_task, [j])
+        x = initial_noise(generators(s.seed, [j], device), model.image_shape, device)
+        contenders = {
+            "diffexp": functools.partial(sides.diffexp_sample, model, dps_fn, s.seed, [j], y=y, operator=operator),
+            "official": functools.partial(sides.official_dps, model, operator, y, x, s.seed, zeta),
+        }
+        if not deepinv_error:
+            contenders["deepinv"] = functools.partial(sides.deepinv_dps, model, operator, y, x, s.seed, weight)
+        times, outputs = interleaved(contenders, s.dps_steps, s.repeats, device)
+        outputs["measurement"] = operator.baseline(y).clamp(-1, 1)
+        for name, out in outputs.items():
+            seconds.setdefault(name, []).extend(times.get(name, []))
+            values = metrics(out, truth)
+            scores.setdefault(name, []).append({"psnr": values["psnr"][0], "ssim": values["ssim"][0]})
+    labels = {
+        "diffexp": "diffexp `sampler=dps`", "deepinv": "deepinv `DPS`",
+        "official": "official DPS loop (re-implemented)", "measurement": "measurement (baseline)",
+    }
+    rows = []
+    for name, label in labels.items():
+        if name not in scores:
+            continue
+        runs = seconds.get(name, [])
+        rows.append({
+            "side": label, "s_per_image": median(runs) if runs else None,
+            "psnr": sum(v["psnr"] for v in scores[name]) / len(scores[name]),
+            "ssim": sum(v["ssim"] for v in scores[name]) / len(scores[name]), "runs_s": runs,
+        })
+    t = {name: median(seconds[name]) for name in seconds if seconds[name]}
+    summary = {"time ratio diffexp / official loop": t["diffexp"] / t["official"]}
+    if "deepinv" in t:
+        summary["time ratio diffexp / deepinv"] = t["diffexp"] / t["deepinv"]
+    return {
+        "title": "2. DPS per image: diffexp vs deepinv vs the official loop",
+        "setup": f"model={s.model}, task={s.dps_task}, {s.dps_steps} steps, batch 1, {s.dps_images} image(s) x "
+        f"{s.repeats} interleaved runs per side (median time; PSNR/SSIM mean over images, same measurement y)",
+        "columns": [("side", "side", ""), ("s_per_image", "s / image", ".2f"), ("psnr", "PSNR dB", ".2f"),
+                    ("ssim", "SSIM", ".3f")],
+        "rows": rows,
+        "summary": summary,
+        "notes": notes,
+    }
+
+
+def _deepinv_unavailable() -> str | None:
+    """Why deepinv cannot be compared here, or None."""
+    try:
+        import deepinv  # noqa: F401
+    except ImportError as err:
+        return f"`import deepinv` failed ({err}); install it with `pip install deepinv`"
+    return None
+
+
+def scaling(s: Settings, out_dir: Path) -> dict[str, Any]:
+    """3. Seconds per image at each batch size for ddpm, dps and scoreald."""
+    device = setup(s)
+    model = load_model(s, device)
+    rows = []
+    for name in ("ddpm", "dps", "scoreald"):
+        fn = sampler_fn(s, name)
+        contenders = {}
+        for b in s.scaling_batches:
+            indices = list(range(b))
+            y = operator = None
+            if name != "ddpm":
+                operator, y, _ = _measurement(s, model, s.dps_task, indices)
+            contenders[b] = functools.partial(sides.diffexp_sample, model, fn, s.seed, indices, y=y, operator=operator)
+        times, _ = interleaved(contenders, s.scaling_steps, s.repeats, device)
+        base = median(times[s.scaling_batches[0]]) / s.scaling_batches[0]
+        for b in s.scaling_batches:
+            per_image = median(times[b]) / b
+            rows.append({"sampler": name, "batch": b, "s_per_image": per_image,
+                         "s_per_image_per_step_ms": 1000 * per_image / s.scaling_steps, "speedup": base / per_image})
+    return {
+        "title": "3. Batch scaling",
+        "setup": f"model={s.model}, {s.scaling_steps} steps, task={s.dps_task} for dps/scoreald, {s.repeats} "
+        "interleaved runs per batch size (median); speed-up relative to the smallest batch",
+        "columns": [("sampler", "sampler", ""), ("batch", "batch", "d"), ("s_per_image", "s / image", ".3f"),
+                    ("s_per_image_per_step_ms", "ms / image / step", ".2f"), ("speedup", "speed-up", ".2f")],
+        "rows": rows,
+        "summary": {},
+        "notes": [],
+    }
+
+
+def quality(s: Settings, out_dir: Path) -> dict[str, Any]:
+    """4. PSNR/SSIM of dps and scoreald vs the number of steps, through ``diffexp.run`` itself."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in s.quality_tasks:
+            for name in ("dps", "scoreald"):
+                for steps in s.quality_steps:
+                    cfg = compose_cfg(
+                        s, f"task={task}", f"sampler={name}", f"sampler.num_steps={steps}",
+                        f"num_images={s.quality_images}", f"batch_size={s.quality_images}", f"seed={s.seed}",
+                        "metrics.lpips=false", f"output_dir={Path(tmp) / f'{task}-{name}-{steps}'}",
+                    )
+                    result = diffexp.run(cfg)
+                    rows.append({
+                        "task": task, "sampler": name, "steps": steps,
+                        "psnr": result["metrics"]["psnr"]["mean"], "ssim": result["metrics"]["ssim"]["mean"],
+                        "baseline_psnr": result["baseline"]["psnr"]["mean"],
+                        "s_per_image": result["seconds_per_image"],
+                    })
+    plot = out_dir / "quality_vs_steps.png"
+    _plot_quality(rows, plot)
+    return {
+        "title": "4. Quality vs steps",
+        "setup": f"model={s.model}, data={s.data}, first {s.quality_images} images, seed {s.seed}, step sizes as "
+        "configured in conf/sampler/; through `diffexp.run` (metrics as in metrics.json); plot: quality_vs_steps.png",
+        "columns": [("task", "task", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"),
+                    ("psnr", "PSNR dB", ".2f"), ("ssim", "SSIM", ".3f"), ("baseline_psnr", "measurement PSNR", ".2f"),
+                    ("s_per_image", "s / image", ".2f")],
+        "rows": rows,
+        "summary": {},
+        "notes": [],
+        "plot": plot.name,
+    }
+
+
+def _plot_quality(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for metric, ax in zip(("psnr", "ssim"), axes):
+        for k, task in enumerate(dict.fromkeys(r["task"] for r in rows)):
+            for name, marker, style in zip(("dps", "scoreald"), ("o", "s"), ("-", "--")):
+                pts = [r for r in rows if r["task"] == task and r["sampler"] == name]
+                ax.plot([r["steps"] for r in pts], [r[metric] for r in pts], marker=marker, linestyle=style,
+                        color=f"C{k}", label=f"{task} / {name}")
+            if metric == "psnr":
+                baseline = next(r["baseline_psnr"] for r in rows if r["task"] == task)
+                ax.axhline(baseline, color=f"C{k}", linestyle=":", label=f"{task} measurement")
+        ax.set_xscale("log")
+        ax.set_xlabel("steps")
+        ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Quality vs steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def memory(s: Settings, out_dir: Path) -> dict[str, Any]:
+    """5. Peak memory per image of dps (backprop through the UNet) vs ddpm, one fresh process per run."""
+    batches = sorted({1, s.memory_batch})
+    jobs = [(side, b) for side in ("diffexp-ddpm", "diffexp-dps") for b in batches]
+    results = peak_memory(s, jobs, s.memory_steps)
+    rows = []
+    for side in ("diffexp-ddpm", "diffexp-dps"):
+        peaks = {r["batch"]: r["peak_bytes"] / MB for r in results if r["side"] == side}
+        big = peaks[batches[-1]]
+        marginal = (big - peaks[1]) / (batches[-1] - 1) if len(batches) > 1 else big
+        rows.append({"sampler": side.removeprefix("diffexp-"), "peak_mb_batch_1": peaks[1],
+                     "peak_mb": big, "peak_mb_per_image": big / batches[-1], "marginal_mb_per_image": marginal})
+    return {
+        "title": "5. Peak memory per image: dps vs ddpm",
+        "setup": f"model={s.model}, task={s.dps_task} for dps, one call of {s.memory_steps} steps at batch 1 and "
+        f"{batches[-1]}, each in a fresh process ({results[0]['method']})",
+        "columns": [("sampler", "sampler", ""), ("peak_mb_batch_1", "peak MB, batch 1", ".1f"),
+                    ("peak_mb", f"peak MB, batch {batches[-1]}", ".1f"),
+                    ("peak_mb_per_image", "peak MB / image", ".2f"),
+                    ("marginal_mb_per_image", "marginal MB / image", ".2f")],
+        "rows": rows,
+        "summary": {
+            "dps / ddpm, peak per image": _ratio(rows[1]["peak_mb_per_image"], rows[0]["peak_mb_per_image"]),
+            "dps / ddpm, marginal per image": _ratio(
+                rows[1]["marginal_mb_per_image"], rows[0]["marginal_mb_per_image"]
+            ),
+        },
+        "notes": ["marginal MB / image = (peak at batch B - peak at batch 1) / (B - 1): the memory one more image "
+                  "in the batch costs, without fixed costs."],
+    }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+SUITES = {"generation": generation, "dps": dps, "scaling": scaling, "quality": quality, "memory": memory}

@@ -1,0 +1,88 @@
+"""Hydra callbacks (``hydra.callbacks`` in conf/config.yaml)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from diffexp.report import JOB_ERROR_FILE, write_report
+
+log = logging.getLogger(__name__)
+
+
+def wandb_options(config: DictConfig) -> dict[str, Any] | None:
+    """The W&B settings of the ``logger`` config when it is the W&B logger (or a subclass), else None."""
+    target = config.get("logger", {}).get("_target_")
+    if target is None:
+        return None
+    from diffexp.loggers.wandb import WandbLogger  # imports wandb, only when a logger is configured
+
+    if not issubclass(get_class(target), WandbLogger):
+        return None
+    return {key: config.logger.get(key) for key in ("project", "entity", "group", "mode", "init_timeout")}
+
+
+class SweepReport(Callback):
+    """Writes the sweep report (``diffexp.report``) when a multirun ends; logs it to W&B with ``logger=wandb``.
+
+    Hydra skips ``on_multirun_end`` when a job failed; the report then runs at exit. A failing job leaves
+    its error in ``<job dir>/job_error.json`` for the report.
+    """
+
+    def __init__(self) -> None:
+        self.sweep_dir: Path | None = None
+        self.wandb: dict[str, Any] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)  # resolved once: ${now:} must not move
+        self.wandb = wandb_options(config)
+        atexit.register(self._report_at_exit)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        atexit.unregister(self._report_at_exit)
+        files, columns, rows = self._write()
+        if self.wandb is not None:
+            from diffexp.loggers.wandb import log_report
+
+            log_report(self.sweep_dir, files, columns, rows, **self.wandb)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status != JobStatus.FAILED:
+            return
+        try:
+            job_return.return_value  # noqa: B018 - the property re-raises the job's exception
+        except Exception as err:  # noqa: BLE001 - any job error is recorded, then Hydra reports it
+            record = {"error": f"{type(err).__name__}: {err}", "traceback": "".join(traceback.format_exception(err))}
+            (Path(config.hydra.runtime.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(record, indent=2))
+
+    def _write(self) -> tuple[list[Path], list[str], list[dict[str, Any]]]:
+        files, columns, rows = write_report(self.sweep_dir)
+        log.info("sweep report: %s", ", ".join(str(f) for f in files))
+        return files, columns, rows
+
+    def _report_at_exit(self) -> None:
+        """The report of a sweep with a failed job. W&B has torn down its service by now: log from a new process."""
+        if self.sweep_dir is None or not self.sweep_dir.is_dir():
+            return
+        if self.wandb is None:
+            self._write()
+            return
+        args = [sys.executable, "-m", "diffexp.report", str(self.sweep_dir)]
+        for key, value in self.wandb.items():
+            if value is not None:
+                args += [f"--wandb-{key.replace('_', '-')}", str(value)]
+        env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # this process's service is gone
+        print(f"[diffexp] sweep report: {' '.join(args[1:])}", file=sys.stderr)
+        subprocess.run(args, env=env, check=False)

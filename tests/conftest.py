@@ -1,0 +1,76 @@
+"""Shared fixtures: compose the real config, run the real CLI, keep W&B offline and local."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+FAST = ["model=tiny", "data=synthetic", "logger=none", "num_images=2", "batch_size=2", "sampler.num_steps=3"]
+
+
+@pytest.fixture(autouse=True)
+def _offline_wandb(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = tmp_path_factory.mktemp("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
+        monkeypatch.setenv(var, str(base / var.lower()))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def make_cfg(overrides: list[str], out_dir: Path) -> DictConfig:
+    """The real config composed with ``overrides``, writing into ``out_dir``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with open_dict(cfg):
+        cfg.output_dir = str(out_dir)
+    return cfg
+
+
+def cli(args: list[str], cwd: Path = ROOT, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``python run.py ARGS`` in a subprocess, as a user would run it."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout, **kwargs,
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread, here and in CLI subprocesses: the test models are tiny (threads only add
+    overhead; on a busy 2-core machine one thread is ~10x faster), and runs compared bit for bit
+    across processes must use the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A TORCH_HOME holding an AlexNet LPIPS backbone file (random weights: nothing is downloaded)."""
+    import torch
+    import torchvision
+
+    from diffexp.metrics import LPIPS_BACKBONE
+
+    home = tmp_path_factory.mktemp("torch_home")
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), checkpoints / LPIPS_BACKBONE)
+    return home

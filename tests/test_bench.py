@@ -1,0 +1,118 @@
+"""Smoke test of the benchmark code (``make bench``) on the tiny model: every benchmark writes its JSON
+with the expected keys and ``latest.md`` holds every section (no timing is asserted); the GPU script
+runs in --smoke mode; the re-implemented official DPS loop equals ``sampler=dps``."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import gpu, sides
+from benchmarks import run as bench
+from benchmarks.common import generators, initial_noise
+from benchmarks.suites import SUITES
+from diffexp.model import tiny_model
+from diffexp.operators.blur import Blur
+from diffexp.samplers.dps import dps
+
+TINY = [
+    "--quick", "--model", "tiny", "--data", "synthetic", "--threads", "1", "--repeats", "1",
+    "--gen-steps", "2", "--gen-batch", "1", "--dps-steps", "2", "--dps-images", "1",
+    "--scaling-steps", "1", "--scaling-batches", "1", "2", "--quality-steps", "1", "2", "--quality-images", "1",
+    "--quality-tasks", "deblur", "--memory-batch", "1", "--memory-steps", "1",
+]  # batch 1 for memory: three fresh worker processes in all (the slow part), the ddpm one shared
+KEYS = {"name", "title", "setup", "columns", "rows", "summary", "notes", "machine", "settings", "seconds"}
+MACHINE = {"cpu", "cpu_cores", "torch_threads", "torch", "diffusers", "device", "date"}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    try:
+        bench.main([*TINY, "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.parametrize("name", list(SUITES))
+def test_each_benchmark_writes_its_json(results: Path, name: str) -> None:
+    data = json.loads((results / f"{name}.json").read_text())
+    assert KEYS <= set(data)
+    assert MACHINE <= set(data["machine"])
+    assert data["rows"], name
+    for key, _, _ in data["columns"]:
+        assert all(key in row for row in data["rows"]), (name, key)
+
+
+def test_comparisons_report_ratios(results: Path) -> None:
+    generation = json.loads((results / "generation.json").read_text())
+    assert {r["side"] for r in generation["rows"]} == {"diffexp `sampler=ddpm`", "diffusers `DDPMPipeline`"}
+    assert generation["summary"]["time ratio diffexp / diffusers (target <= 1.0)"] > 0
+    assert all(r["peak_mb"] is not None and len(r["runs_s"]) == 1 for r in generation["rows"])
+    dps = json.loads((results / "dps.json").read_text())
+    sides = {r["side"] for r in dps["rows"]}
+    assert {"diffexp `sampler=dps`", "official DPS loop (re-implemented)", "measurement (baseline)"} <= sides
+    assert "deepinv `DPS`" in sides or any("deepinv not compared" in n for n in dps["notes"])
+    assert all(r["psnr"] is not None for r in dps["rows"])
+    scaling = json.loads((results / "scaling.json").read_text())
+    expected = {(s, b) for s in ("ddpm", "dps", "scoreald") for b in (1, 2)}
+    assert {(r["sampler"], r["batch"]) for r in scaling["rows"]} == expected
+    memory = json.loads((results / "memory.json").read_text())
+    assert [r["sampler"] for r in memory["rows"]] == ["ddpm", "dps"]
+
+
+def test_quality_table_and_plot(results: Path) -> None:
+    quality = json.loads((results / "quality.json").read_text())
+    expected = {(s, n) for s in ("dps", "scoreald") for n in (1, 2)}
+    assert {(r["sampler"], r["steps"]) for r in quality["rows"]} == expected
+    assert (results / "quality_vs_steps.png").stat().st_size > 0
+
+
+def test_latest_md_has_every_section_and_the_machine(results: Path) -> None:
+    text = (results / "latest.md").read_text()
+    for name in SUITES:
+        assert json.loads((results / f"{name}.json").read_text())["title"] in text
+    assert "torch threads" in text and torch.__version__ in text
+    assert "| side | median s | s / image | peak MB |" in text
+
+
+def test_only_refreshes_one_section_and_keeps_the_others(results: Path) -> None:
+    before = json.loads((results / "generation.json").read_text())["machine"]["date"]
+    bench.main([*TINY, "--out", str(results), "--only", "scaling"])
+    text = (results / "latest.md").read_text()
+    assert all(json.loads((results / f"{n}.json").read_text())["title"] in text for n in SUITES)
+    assert json.loads((results / "generation.json").read_text())["machine"]["date"] == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_script_without_cuda_exits_with_a_clear_message(capsys: pytest.CaptureFixture[str]) -> None:
+    assert gpu.main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_gpu_script_smoke(tmp_path: Path) -> None:
+    assert gpu.main(["--smoke", "--steps", "1", "--warmup", "1", "--batches", "1", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    expected = {(s, d) for s in ("ddpm", "dps") for d in ("float32", "bfloat16")}
+    assert {(r["sampler"], r["dtype"]) for r in data["rows"]} == expected
+    assert data["full_run"] is not None and (tmp_path / "gpu_smoke.md").is_file()
+
+
+def test_official_dps_loop_equals_diffexp_dps_at_batch_1() -> None:
+    """The re-implemented official loop is the same algorithm as ``sampler=dps``: fed the same noise,
+    the two agree to float rounding (so the DPS timing compares implementations, not algorithms)."""
+    model = tiny_model(sample_size=8)
+    gens = generators(0, [0], torch.device("cpu"))
+    operator = Blur((3, 8, 8), gens, sigma_y=0.05, kernel_size=3)
+    y = operator.measure(torch.rand(1, 3, 8, 8) * 2 - 1, gens)
+    ours = sides.diffexp_sample(model, functools.partial(dps, step_size=0.5), 0, [0], 6, y, operator)
+    g = generators(0, [0], torch.device("cpu"))[0]
+    x = initial_noise([g], model.image_shape, torch.device("cpu"))
+    official = sides.official_dps(model, operator, y, x, g, 0.5, 6)
+    torch.testing.assert_close(official, ours, atol=1e-5, rtol=0)
