@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all bench prefetch train classifier
+.PHONY: help install run test test-all bench prefetch train tune table
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,3 +37,17 @@ prefetch: $(STAMP) ## On a machine with internet: download the LPIPS backbone an
 
 train: $(STAMP) ## Train the MNIST model: make train DATA=/path/to/mnist [ARGS='steps=...']
 	$(PY) -m diffexp.train data.path=$(DATA) $(ARGS)
+
+DPS_STEPS ?= 0.3,1,3,10
+ALD_STEPS ?= 0.1,0.3,0.7,1.5
+TASKS ?= denoise inpaint deblur super_resolution
+
+tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<task>-<sampler>/summary.md
+	for t in $(TASKS); do \
+	  $(PY) run.py -m task=$$t sampler=dps sampler.step_size=$(DPS_STEPS) logger=none hydra.sweep.dir=outputs/tune/$$t-dps || exit 1; \
+	  $(PY) run.py -m task=$$t sampler=scoreald sampler.step_size=$(ALD_STEPS) logger=none hydra.sweep.dir=outputs/tune/$$t-scoreald || exit 1; \
+	done
+
+table: $(STAMP) ## The README's task × sampler table with the defaults: outputs/table/summary.md
+	$(PY) run.py -m task=$(shell echo $(TASKS) | tr ' ' ',') sampler=dps,scoreald logger=none hydra.sweep.dir=outputs/table
+	cat outputs/table/summary.md

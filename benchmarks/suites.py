@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from hydra.utils import instantiate
@@ -189,7 +191,8 @@ def scaling(s: Settings, out_dir: Path) -> dict[str, Any]:
 def quality(s: Settings, out_dir: Path) -> dict[str, Any]:
     """4. PSNR/SSIM of dps and scoreald vs the number of steps, through ``diffexp.run`` itself."""
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    quiet = mock.patch.dict(os.environ, {"TQDM_DISABLE": "1"})  # no progress bar per run
+    with tempfile.TemporaryDirectory() as tmp, quiet:
         for task in s.quality_tasks:
             for name in ("dps", "scoreald"):
                 for steps in s.quality_steps:

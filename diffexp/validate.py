@@ -26,7 +26,7 @@ from diffexp.outputs import METRICS
 
 DTYPES_ALLOWED = ("float32", "bfloat16", "float16")
 SAMPLER_META_KEYS = ("name", "num_steps", "t_start")  # sampler keys read by run(), not arguments of the function
-TASK_KEYS = ("name", "sigma_y", "sdedit", "operator")  # plus keys the operator interpolates (${task.kernel})
+TASK_KEYS = ("name", "sigma_y", "sdedit", "operator", "step_size")  # plus keys the operator interpolates (${task.kernel})
 TOP_LEVEL_KEYS = (
     "model",
     "sampler",

@@ -77,7 +77,7 @@ def test_submitit_local_multirun(tmp_path: Path) -> None:
 
 def test_optuna_search_of_the_dps_step_size(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    proc = cli(["-m", "+hparams_search=dps_step_size", "hydra.sweeper.n_trials=3", *TINY_JOB, "logger=wandb",
+    proc = cli(["-m", "hparams_search=dps_step_size", "hydra.sweeper.n_trials=3", *TINY_JOB, "logger=wandb",
                 f"hydra.sweep.dir={sweep}"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -121,7 +121,7 @@ def test_launcher_configs_compose(launcher: str, expected: dict[str, Any]) -> No
 
 def test_hparams_search_composes() -> None:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["+hparams_search=dps_step_size"], return_hydra_config=True)
+        cfg = compose("config", overrides=["hparams_search=dps_step_size"], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert sweeper.direction == "maximize" and cfg.optimized_metric == "psnr"
