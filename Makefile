@@ -38,16 +38,18 @@ prefetch: $(STAMP) ## On a machine with internet: download the LPIPS backbone an
 train: $(STAMP) ## Train the MNIST model: make train DATA=/path/to/mnist [ARGS='steps=...']
 	$(PY) -m diffexp.train data.path=$(DATA) $(ARGS)
 
-DPS_STEPS ?= 0.3,1,3,10
-ALD_STEPS ?= 0.1,0.3,0.7,1.5
-TASKS ?= denoise inpaint deblur super_resolution
+SWEEP := $(PY) run.py -m logger=none
 
 tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<task>-<sampler>/summary.md
-	for t in $(TASKS); do \
-	  $(PY) run.py -m task=$$t sampler=dps sampler.step_size=$(DPS_STEPS) logger=none hydra.sweep.dir=outputs/tune/$$t-dps || exit 1; \
-	  $(PY) run.py -m task=$$t sampler=scoreald sampler.step_size=$(ALD_STEPS) logger=none hydra.sweep.dir=outputs/tune/$$t-scoreald || exit 1; \
-	done
+	-$(SWEEP) task=denoise sampler=dps sampler.step_size=0.3,0.5,1 hydra.sweep.dir=outputs/tune/denoise-dps
+	-$(SWEEP) task=denoise sampler=scoreald sampler.step_size=0.3,0.5,0.7 hydra.sweep.dir=outputs/tune/denoise-scoreald
+	-$(SWEEP) task=inpaint sampler=dps sampler.step_size=1,2,3,5 hydra.sweep.dir=outputs/tune/inpaint-dps
+	-$(SWEEP) task=inpaint sampler=scoreald sampler.step_size=0.3,0.7,1.5 hydra.sweep.dir=outputs/tune/inpaint-scoreald
+	-$(SWEEP) task=deblur sampler=dps sampler.step_size=2,3,5 hydra.sweep.dir=outputs/tune/deblur-dps
+	-$(SWEEP) task=deblur sampler=scoreald sampler.step_size=1,1.5,2 hydra.sweep.dir=outputs/tune/deblur-scoreald
+	-$(SWEEP) task=super_resolution sampler=dps sampler.step_size=2,3,5 hydra.sweep.dir=outputs/tune/super_resolution-dps
+	-$(SWEEP) task=super_resolution sampler=scoreald sampler.step_size=6,12,24 hydra.sweep.dir=outputs/tune/super_resolution-scoreald
 
 table: $(STAMP) ## The README's task × sampler table with the defaults: outputs/table/summary.md
-	$(PY) run.py -m task=$(shell echo $(TASKS) | tr ' ' ',') sampler=dps,scoreald logger=none hydra.sweep.dir=outputs/table
-	cat outputs/table/summary.md
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald hydra.sweep.dir=outputs/table
+	$(PY) -m benchmarks.defaults_table outputs/table
