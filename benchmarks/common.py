@@ -35,17 +35,17 @@ class Settings:
     data: str = "mnist_eval"  # conf/data/<data>.yaml (quality and DPS ground truth)
     device: str = "auto"  # runtime.device
     threads: int = 0  # torch.set_num_threads; 0 keeps torch's default
-    repeats: int = 3  # timed runs per side, interleaved
+    repeats: int = 5  # timed runs per side, interleaved
     seed: int = 0
-    gen_steps: int = 1000  # 1. generation: ddpm vs diffusers.DDPMPipeline
+    gen_steps: int = 200  # 1. generation: ddpm vs diffusers.DDPMPipeline (ratio per step: any count)
     gen_batch: int = 8
     dps_task: str = "deblur"  # 2. DPS per image: diffexp vs deepinv vs the official loop
     dps_steps: int = 200
     dps_images: int = 2
-    scaling_steps: int = 20  # 3. batch scaling (seconds per image do not depend on the step count)
+    scaling_steps: int = 10  # 3. batch scaling (seconds per image do not depend on the step count)
     scaling_batches: tuple[int, ...] = (1, 8, 32)
     quality_steps: tuple[int, ...] = (50, 100, 250, 1000)  # 4. quality vs steps
-    quality_images: int = 8
+    quality_images: int = 4
     quality_tasks: tuple[str, ...] = ("deblur", "inpaint")
     memory_batch: int = 8  # 1. and 5. peak memory, one fresh process per side
     memory_steps: int = 3
@@ -93,9 +93,10 @@ def load_model(s: Settings, device: torch.device) -> DiffusionModel:
     return instantiate(compose_cfg(s).model).to(device)
 
 
-def sampler_fn(s: Settings, name: str) -> Callable[..., torch.Tensor]:
-    """``conf/sampler/<name>.yaml`` as a partial (its configured hyperparameters bound)."""
-    return sampler_parts(compose_cfg(s, f"sampler={name}").sampler)[0]
+def sampler_fn(s: Settings, name: str, task: str) -> Callable[..., torch.Tensor]:
+    """``conf/sampler/<name>.yaml`` as a partial, its hyperparameters bound as ``run`` binds them for
+    ``task`` (step sizes default per task)."""
+    return sampler_parts(compose_cfg(s, f"sampler={name}", f"task={task}").sampler)[0]
 
 
 def generators(seed: int, indices: range | list[int], device: torch.device) -> list[torch.Generator]:

@@ -61,7 +61,7 @@ def _side_call(s: Settings, side: str, model: DiffusionModel, batch: int, steps:
         pipe = sides.diffusers_pipeline(model)
         return lambda: sides.diffusers_ddpm(pipe, batch, s.seed, steps)
     name = side.removeprefix("diffexp-")
-    sample = sampler_fn(s, name)
+    sample = sampler_fn(s, name, "generate" if name == "ddpm" else s.dps_task)
     indices = list(range(batch))
     y = operator = None
     if name != "ddpm":

@@ -10,7 +10,7 @@ def machine_line(m: dict[str, Any]) -> str:
     device = m["gpu"] or m["device"]
     versions = ", ".join(f"{k} {m[k]}" for k in ("torch", "diffusers", "deepinv") if m.get(k))
     return (
-        f"{m['cpu']}, {m['cpu_cores']} cores, {m['torch_threads']} torch threads; device {device}; "
+        f"{m['cpu']}, {m['cpu_cores']} cores, torch threads: {m['torch_threads']}; device {device}; "
         f"Python {m['python']}, {versions}; commit {m['commit']}; {m['date']}"
     )
 

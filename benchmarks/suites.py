@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import os
+import io
 import tempfile
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 from hydra.utils import instantiate
@@ -48,7 +48,7 @@ def generation(s: Settings, out_dir: Path) -> dict[str, Any]:
     device = setup(s)
     model = load_model(s, device)
     pipe = sides.diffusers_pipeline(model)
-    ddpm = sampler_fn(s, "ddpm")
+    ddpm = sampler_fn(s, "ddpm", "generate")
     batch = list(range(s.gen_batch))
     seconds, _ = interleaved(
         {
@@ -87,7 +87,7 @@ def dps(s: Settings, out_dir: Path) -> dict[str, Any]:
     """2. DPS per image (batch 1): diffexp vs deepinv vs the official loop; time and PSNR on the same y."""
     device = setup(s)
     model = load_model(s, device)
-    dps_fn = sampler_fn(s, "dps")
+    dps_fn = sampler_fn(s, "dps", s.dps_task)
     zeta = float(dps_fn.keywords["step_size"])
     weight = sides.deepinv_weight(model, s.dps_steps, zeta)
     metrics = Metrics(lpips=False)
@@ -95,7 +95,7 @@ def dps(s: Settings, out_dir: Path) -> dict[str, Any]:
     scores: dict[str, list[dict[str, float]]] = {}
     notes = [
         f"Task `{s.dps_task}` as configured in conf/task/{s.dps_task}.yaml; diffexp and the official loop use "
-        f"zeta = {zeta:g} (conf/sampler/dps.yaml); deepinv `DPS(solver='ddpm', weight={weight:.1f})`, the weight "
+        f"zeta = {zeta:g} (the task's default); deepinv `DPS(solver='ddpm', weight={weight:.1f})`, the weight "
         "that gives the same total guidance (`benchmarks.sides.deepinv_weight`); deepinv wraps the same UNet with "
         "its own `ScoreModelWrapper` (scale_t = sqrt(alphas_cumprod)) and runs its solver in float64 (its default).",
     ]
@@ -162,7 +162,7 @@ def scaling(s: Settings, out_dir: Path) -> dict[str, Any]:
     model = load_model(s, device)
     rows = []
     for name in ("ddpm", "dps", "scoreald"):
-        fn = sampler_fn(s, name)
+        fn = sampler_fn(s, name, "generate" if name == "ddpm" else s.dps_task)
         contenders = {}
         for b in s.scaling_batches:
             indices = list(range(b))
@@ -191,7 +191,7 @@ def scaling(s: Settings, out_dir: Path) -> dict[str, Any]:
 def quality(s: Settings, out_dir: Path) -> dict[str, Any]:
     """4. PSNR/SSIM of dps and scoreald vs the number of steps, through ``diffexp.run`` itself."""
     rows = []
-    quiet = mock.patch.dict(os.environ, {"TQDM_DISABLE": "1"})  # no progress bar per run
+    quiet = contextlib.redirect_stderr(io.StringIO())  # no progress bar per run (errors still raise)
     with tempfile.TemporaryDirectory() as tmp, quiet:
         for task in s.quality_tasks:
             for name in ("dps", "scoreald"):
@@ -203,7 +203,7 @@ def quality(s: Settings, out_dir: Path) -> dict[str, Any]:
                     )
                     result = diffexp.run(cfg)
                     rows.append({
-                        "task": task, "sampler": name, "steps": steps,
+                        "task": task, "sampler": name, "steps": steps, "step_size": float(cfg.sampler.step_size),
                         "psnr": result["metrics"]["psnr"]["mean"], "ssim": result["metrics"]["ssim"]["mean"],
                         "baseline_psnr": result["baseline"]["psnr"]["mean"],
                         "s_per_image": result["seconds_per_image"],
@@ -212,11 +212,12 @@ def quality(s: Settings, out_dir: Path) -> dict[str, Any]:
     _plot_quality(rows, plot)
     return {
         "title": "4. Quality vs steps",
-        "setup": f"model={s.model}, data={s.data}, first {s.quality_images} images, seed {s.seed}, step sizes as "
-        "configured in conf/sampler/; through `diffexp.run` (metrics as in metrics.json); plot: quality_vs_steps.png",
-        "columns": [("task", "task", ""), ("sampler", "sampler", ""), ("steps", "steps", "d"),
-                    ("psnr", "PSNR dB", ".2f"), ("ssim", "SSIM", ".3f"), ("baseline_psnr", "measurement PSNR", ".2f"),
-                    ("s_per_image", "s / image", ".2f")],
+        "setup": f"model={s.model}, data={s.data}, first {s.quality_images} images, seed {s.seed}, step sizes: "
+        "each task's defaults (conf/task/*.yaml); through `diffexp.run` (metrics as in metrics.json); "
+        "plot: quality_vs_steps.png",
+        "columns": [("task", "task", ""), ("sampler", "sampler", ""), ("step_size", "step size", "g"),
+                    ("steps", "steps", "d"), ("psnr", "PSNR dB", ".2f"), ("ssim", "SSIM", ".3f"),
+                    ("baseline_psnr", "measurement PSNR", ".2f"), ("s_per_image", "s / image", ".2f")],
         "rows": rows,
         "summary": {},
         "notes": [],

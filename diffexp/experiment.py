@@ -58,7 +58,8 @@ def image_generator(seed: int, index: int, device: torch.device) -> torch.Genera
 
 def sampler_parts(cfg_sampler: DictConfig) -> tuple[Any, int, int | None]:
     """Split ``cfg.sampler`` into the sampler function (a partial) and its time-grid keys."""
-    fn_cfg = OmegaConf.masked_copy(cfg_sampler, [k for k in cfg_sampler if k not in SAMPLER_META_KEYS])
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg_sampler, resolve=True))  # ${task...} needs the root
+    fn_cfg = OmegaConf.masked_copy(resolved, [k for k in resolved if k not in SAMPLER_META_KEYS])
     return instantiate(fn_cfg), int(cfg_sampler.num_steps), cfg_sampler.get("t_start")
 
 
