@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -159,16 +160,15 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "diffusers": _version("diffusers"),
-        "deepinv": _version("deepinv"),
+        "diffusers": package_version("diffusers"),
+        "deepinv": package_version("deepinv"),
         "commit": _git_commit(),
     }
     return info
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
+def package_version(package: str) -> str | None:
+    """The installed version of ``package``, or None."""
     try:
         return version(package)
     except PackageNotFoundError:

@@ -23,6 +23,7 @@ from benchmarks.common import (
     interleaved,
     load_model,
     median,
+    package_version,
     sampler_fn,
     setup,
 )
@@ -99,12 +100,16 @@ def dps(s: Settings, out_dir: Path) -> dict[str, Any]:
         "that gives the same total guidance (`benchmarks.sides.deepinv_weight`); deepinv wraps the same UNet with "
         "its own `ScoreModelWrapper` (scale_t = sqrt(alphas_cumprod)) and runs its solver in float64 (its default).",
     ]
-    deepinv_error = _deepinv_unavailable()
-    if deepinv_error:
-        notes.append(f"deepinv not compared: {deepinv_error}")
+    deepinv_error = None
     for j in range(s.dps_images):
         operator, y, truth = _measurement(s, model, s.dps_task, [j])
         x = initial_noise(generators(s.seed, [j], device), model.image_shape, device)
+        if j == 0:
+            deepinv_error = _deepinv_fails(model, operator, y, x, s.seed)
+            notes.append(
+                f"deepinv not compared: {deepinv_error}" if deepinv_error else
+                f"deepinv {package_version('deepinv')} runs with torch {torch.__version__} on the diffusers UNet."
+            )
         contenders = {
             "diffexp": functools.partial(sides.diffexp_sample, model, dps_fn, s.seed, [j], y=y, operator=operator),
             "official": functools.partial(sides.official_dps, model, operator, y, x, s.seed, zeta),
@@ -147,12 +152,14 @@ def dps(s: Settings, out_dir: Path) -> dict[str, Any]:
     }
 
 
-def _deepinv_unavailable() -> str | None:
-    """Why deepinv cannot be compared here, or None."""
+def _deepinv_fails(model: Any, operator: Any, y: torch.Tensor, x: torch.Tensor, seed: int) -> str | None:
+    """Why deepinv's DPS cannot run on this model here (from a 2-step trial), or None."""
     try:
-        import deepinv  # noqa: F401
+        sides.deepinv_dps(model, operator, y, x, seed, 1.0, 2)
     except ImportError as err:
         return f"`import deepinv` failed ({err}); install it with `pip install deepinv`"
+    except Exception as err:  # noqa: BLE001 - whatever deepinv raises is the result to report
+        return f"deepinv's DPS raised {type(err).__name__}: {err}"
     return None
 
 
@@ -231,7 +238,8 @@ def _plot_quality(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    steps = sorted({r["steps"] for r in rows})
     for metric, ax in zip(("psnr", "ssim"), axes):
         for k, task in enumerate(dict.fromkeys(r["task"] for r in rows)):
             for name, marker, style in zip(("dps", "scoreald"), ("o", "s"), ("-", "--")):
@@ -242,12 +250,14 @@ def _plot_quality(rows: list[dict[str, Any]], path: Path) -> None:
                 baseline = next(r["baseline_psnr"] for r in rows if r["task"] == task)
                 ax.axhline(baseline, color=f"C{k}", linestyle=":", label=f"{task} measurement")
         ax.set_xscale("log")
+        ax.set_xticks(steps, [str(n) for n in steps])
+        ax.minorticks_off()
         ax.set_xlabel("steps")
         ax.set_ylabel("PSNR (dB)" if metric == "psnr" else "SSIM")
         ax.grid(True, alpha=0.3)
-    axes[0].legend()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle("Quality vs steps")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

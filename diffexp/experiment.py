@@ -65,19 +65,21 @@ def sampler_parts(cfg_sampler: DictConfig) -> tuple[Any, int, int | None]:
 
 @contextmanager
 def _signals() -> Iterator[None]:
-    """Turn SIGTERM into ``Interrupted(143)`` (SIGINT arrives as KeyboardInterrupt) in the main thread."""
+    """Turn SIGINT/SIGTERM into ``Interrupted(130/143)`` in the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise Interrupted(143)
+        raise Interrupted(130 if signum == signal.SIGINT else 143)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    # SIGINT too: a process started in the background inherits SIGINT ignored, and `kill -INT` must still stop it
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _prepare_model(model: DiffusionModel, runtime: DictConfig, device: torch.device) -> DiffusionModel:

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["model=tiny", "data=synthetic", "logger=none", "metrics.lpips=false"]
 # The run every CLI test shares: 4 images one by one, long enough to interrupt after the first.
 RUN = [*TINY, "task=deblur", "sampler=dps", "sampler.num_steps=40", "num_images=4", "batch_size=1", "seed=0"]
+STEP = "sampler.step_size=3.0"  # the sweep's jobs 0 and 2, which the other runs are compared with
 VOLATILE = ("seconds", "seconds_per_image")  # wall-clock fields: the only ones allowed to differ
 
 
@@ -222,7 +223,7 @@ def test_same_seed_is_bit_identical_across_processes(
     sweep: tuple[subprocess.CompletedProcess, Path], tmp_path: Path
 ) -> None:
     """This test's process against the sweep's CLI process (a spawn saved: ~10 s of imports here)."""
-    diffexp.run(make_cfg(RUN, tmp_path))
+    diffexp.run(make_cfg([*RUN, STEP], tmp_path))
     _, out = sweep
     _same_outputs(tmp_path, out / "0")  # another process
     _same_outputs(out / "0", out / "2")  # same process, after a failed job
@@ -249,7 +250,7 @@ def interrupted(
     log = out.parent / f"{sig.name}.log"
     with log.open("w") as stream:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), *RUN, f"hydra.run.dir={out}"],
+            [sys.executable, str(ROOT / "run.py"), *RUN, STEP, f"hydra.run.dir={out}"],
             cwd=ROOT,
             stdout=stream,
             stderr=subprocess.STDOUT,
@@ -298,6 +299,6 @@ def test_resume_after_interrupt_equals_uninterrupted(
     monkeypatch.setattr(
         Recorder, "add", lambda self, indices, *a, **k: (sampled.extend(indices), real_add(self, indices, *a, **k))
     )
-    diffexp.run(make_cfg([*RUN, "resume=true"], out))
+    diffexp.run(make_cfg([*RUN, STEP, "resume=true"], out))
     assert sorted(sampled) == sorted(set(range(4)) - done)
     _same_outputs(out, sweep[1] / "0")
