@@ -30,6 +30,7 @@ test-all: $(STAMP) ## Run every test, slow ones included
 	WANDB_MODE=offline $(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
 bench: $(STAMP) ## Benchmarks against diffusers and deepinv; results to benchmarks/results/
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m benchmarks.run $(ARGS)
 
 prefetch: $(STAMP) ## On a machine with internet: download the LPIPS backbone and the hub models named in conf/model/

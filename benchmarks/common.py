@@ -36,7 +36,7 @@ class Settings:
     data: str = "mnist_eval"  # conf/data/<data>.yaml (quality and DPS ground truth)
     device: str = "auto"  # runtime.device
     threads: int = 0  # torch.set_num_threads; 0 keeps torch's default
-    repeats: int = 5  # timed runs per side, interleaved
+    repeats: int = 7  # timed runs per side, interleaved
     seed: int = 0
     gen_steps: int = 200  # 1. generation: ddpm vs diffusers.DDPMPipeline (ratio per step: any count)
     gen_batch: int = 8
@@ -141,6 +141,16 @@ def interleaved(
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
+
+def paired_ratio_note(seconds: dict[str, list[float]], a: str, b: str, label: str) -> str:
+    """The ratio a / b of each interleaved round (both sides ran back to back, so slow phases of the
+    machine hit both): its median and range show how much of a ratio of medians is noise."""
+    ratios = [x / y for x, y in zip(seconds[a], seconds[b])]
+    return (
+        f"{label} per round: median {median(ratios):.2f}, range {min(ratios):.2f}–{max(ratios):.2f} "
+        f"over {len(ratios)} rounds (the spread is this machine's run-to-run noise)."
+    )
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from diffexp.report import load_jobs
 
 
@@ -28,8 +30,8 @@ def table(sweep_dir: Path) -> str:
         if job.status != "ok":
             lines.append(f"| {job.overrides.get('task')} | {job.overrides.get('sampler')} | | failed: {job.error} | | | | |")
             continue
-        config = (job.path / ".hydra" / "config.yaml").read_text()
-        step = next((ln.split(":", 1)[1].strip() for ln in config.splitlines() if ln.startswith("  step_size:")), "")
+        config = OmegaConf.load(job.path / ".hydra" / "config.yaml")
+        step = OmegaConf.select(config, "sampler.step_size", default="")  # resolves the per-task default
         m, b = r["metrics"], r["baseline"]
         lines.append(
             f"| {r['task']} | {r['sampler']} | {step} | {_cell(m.get('psnr'), 2)} | {_cell(m.get('ssim'), 3)} | "

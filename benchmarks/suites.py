@@ -24,6 +24,7 @@ from benchmarks.common import (
     load_model,
     median,
     package_version,
+    paired_ratio_note,
     sampler_fn,
     setup,
 )
@@ -78,9 +79,12 @@ def generation(s: Settings, out_dir: Path) -> dict[str, Any]:
             "time ratio diffexp / diffusers (target <= 1.0)": rows[0]["median_s"] / rows[1]["median_s"],
             "peak memory ratio diffexp / diffusers": _ratio(rows[0]["peak_mb"], rows[1]["peak_mb"]),
         },
-        "notes": ["Same UNet object, same scheduler config, same number of UNet evaluations; diffexp's grid "
-                  "spaces steps evenly over [0, T-1], the pipeline uses the scheduler's `leading` spacing "
-                  "(identical at 1000 steps)."],
+        "notes": [
+            paired_ratio_note(seconds, "diffexp", "diffusers", "Time ratio diffexp / diffusers"),
+            "Same UNet object, same scheduler config, same number of UNet evaluations; diffexp's grid "
+            "spaces steps evenly over [0, T-1], the pipeline uses the scheduler's `leading` spacing "
+            "(identical at 1000 steps).",
+        ],
     }
 
 
@@ -138,8 +142,10 @@ def dps(s: Settings, out_dir: Path) -> dict[str, Any]:
         })
     t = {name: median(seconds[name]) for name in seconds if seconds[name]}
     summary = {"time ratio diffexp / official loop": t["diffexp"] / t["official"]}
+    notes.append(paired_ratio_note(seconds, "diffexp", "official", "Time ratio diffexp / official loop"))
     if "deepinv" in t:
         summary["time ratio diffexp / deepinv"] = t["diffexp"] / t["deepinv"]
+        notes.append(paired_ratio_note(seconds, "diffexp", "deepinv", "Time ratio diffexp / deepinv"))
     return {
         "title": "2. DPS per image: diffexp vs deepinv vs the official loop",
         "setup": f"model={s.model}, task={s.dps_task}, {s.dps_steps} steps, batch 1, {s.dps_images} image(s) x "

@@ -99,6 +99,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.runtime.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it
     torch.use_deterministic_algorithms(cfg.runtime.deterministic)  # set both ways: jobs share a process
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
     model = instantiate(cfg.model)
     validate_model(cfg, model)
     model = _prepare_model(model, cfg.runtime, device)

@@ -42,7 +42,7 @@ TOP_LEVEL_KEYS = (
     "metrics",
     "runtime",
 )
-RUNTIME_KEYS = ("device", "dtype", "deterministic", "compile", "channels_last")
+RUNTIME_KEYS = ("device", "dtype", "deterministic", "compile", "channels_last", "threads")
 # Arguments that run() passes itself, per ``_target_`` group: never settable from the config.
 PROVIDED_BY_RUN = {
     "model": (),
@@ -115,6 +115,7 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("runtime.deterministic", *BOOL),
     ("runtime.compile", *BOOL),
     ("runtime.channels_last", *BOOL),
+    ("runtime.threads", _int_at_least(0), "an integer >= 0 (0: torch's default)"),
     ("logger.log_every", _int_at_least(0), "an integer >= 0 (0: off)"),
     ("logger.preview_images", _int_at_least(1), "an integer >= 1"),
     ("logger.init_timeout", lambda v: _is_number(v) and v > 0, "a finite number of seconds > 0"),

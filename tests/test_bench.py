@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from conftest import CONF
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from benchmarks import gpu, sides
+from benchmarks import defaults_table, gpu, sides
 from benchmarks import run as bench
 from benchmarks.common import generators, initial_noise
 from benchmarks.suites import SUITES
@@ -60,6 +64,8 @@ def test_comparisons_report_ratios(results: Path) -> None:
     assert {"diffexp `sampler=dps`", "official DPS loop (re-implemented)", "measurement (baseline)"} <= sides
     assert "deepinv `DPS`" in sides or any("deepinv not compared" in n for n in dps["notes"])
     assert all(r["psnr"] is not None for r in dps["rows"])
+    for result in (generation, dps):  # the per-round ratio spread shows the noise behind a ratio of medians
+        assert any(" per round: median " in note for note in result["notes"]), result["notes"]
     scaling = json.loads((results / "scaling.json").read_text())
     expected = {(s, b) for s in ("ddpm", "dps", "scoreald") for b in (1, 2)}
     assert {(r["sampler"], r["batch"]) for r in scaling["rows"]} == expected
@@ -116,3 +122,23 @@ def test_official_dps_loop_equals_diffexp_dps_at_batch_1() -> None:
     x = initial_noise([g], model.image_shape, torch.device("cpu"))
     official = sides.official_dps(model, operator, y, x, g, 0.5, 6)
     torch.testing.assert_close(official, ours, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("sampler", "task", "expected"), [("dps", "deblur", "5.0"), ("scoreald", "inpaint", "1.5")])
+def test_defaults_table_reports_the_resolved_per_task_step_size(
+    tmp_path: Path, sampler: str, task: str, expected: str
+) -> None:
+    """``make table``'s rows name the step size the job really used: the task's default, resolved from the
+    saved ``.hydra/config.yaml`` (where it is the ``${oc.select:task.step_size...}`` interpolation)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"task={task}", f"sampler={sampler}"])
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"task={task}", f"sampler={sampler}"]))
+    (job / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    stats = {"psnr": {"mean": 25.0, "std": 1.0}, "ssim": {"mean": 0.9, "std": 0.01}}
+    result = {"status": "ok", "task": task, "sampler": sampler, "seconds_per_image": 2.0,
+              "metrics": stats, "baseline": {"psnr": {"mean": 15.0, "std": 0.5}}}
+    (job / "metrics.json").write_text(json.dumps(result))
+    row = defaults_table.table(tmp_path).splitlines()[2]
+    assert row == f"| {task} | {sampler} | {expected} | 25.00 ± 1.00 | 0.900 ± 0.010 | — | 2.00 | 15.00 ± 0.50 |"

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy.ndimage import gaussian_filter
 
 from diffexp.operators.blur import Blur, gaussian_kernel, motion_kernel
+from diffexp.operators.super_resolution import SuperResolution
 from tests.conftest import CONF
 
 SHAPE = (3, 32, 32)
@@ -57,11 +59,40 @@ def test_gaussian_kernel_equals_dps_reference() -> None:
 
 
 def test_blur_pads_by_reflection() -> None:
-    op = Blur((1, 16, 16), [torch.Generator()], 0.0, kernel_size=5, std=1.0).double()
-    x = torch.rand(1, 1, 16, 16, dtype=torch.float64)
+    op = Blur((1, 16, 20), [torch.Generator()], 0.0, kernel_size=5, std=1.0).double()
+    x = torch.rand(1, 1, 16, 20, dtype=torch.float64)
     padded = torch.nn.functional.pad(x, [2] * 4, mode="reflect")
     expected = torch.nn.functional.conv2d(padded, op.kernels[None].double())
-    torch.testing.assert_close(op(x), expected)
+    torch.testing.assert_close(op(x), expected, rtol=0, atol=1e-12)
+
+
+def test_bicubic_downsampling_equals_torch_interpolate() -> None:
+    op = SuperResolution((3, 16, 24), [torch.Generator()], 0.0, factor=4, downsample="bicubic")
+    x = torch.rand(2, 3, 16, 24) * 2 - 1
+    expected = F.interpolate(x, size=(4, 6), mode="bicubic", align_corners=False, antialias=True)
+    torch.testing.assert_close(op(x), expected, rtol=0, atol=2e-6)
+
+
+def backward_nodes(out: torch.Tensor) -> set[str]:
+    """Names of the autograd nodes behind ``out``."""
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is not None and fn not in seen:
+            seen.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+    return {type(fn).__name__ for fn in seen}
+
+
+@pytest.mark.parametrize("name", sorted(OPERATOR_CONFIGS))
+def test_operator_backward_avoids_ops_without_deterministic_cuda_backward(name: str) -> None:
+    """DPS differentiates through A: with runtime.deterministic=true on CUDA, torch raises for the
+    backward of reflection padding and bicubic/bilinear interpolation (torch.use_deterministic_algorithms
+    docs), so no operator may use them."""
+    op = build(name).float()
+    x = torch.rand(3, *SHAPE, requires_grad=True)
+    nodes = backward_nodes(op(x))
+    assert not {n for n in nodes if any(k in n for k in ("Reflection", "Bicubic", "Bilinear", "AdaptiveAvgPool"))}, nodes
 
 
 def test_random_operator_parameters_are_per_image_and_reproducible() -> None:

@@ -58,6 +58,17 @@ def test_exact_knobs_keep_images(tmp_path: Path, case: str, knob: str, max_level
     assert np.abs(ref - out).max() <= max_levels
 
 
+def test_threads_knob_sets_torch_threads_and_keeps_images(tmp_path: Path) -> None:
+    """runtime.threads=2 runs on two intra-op threads (float rounding of reductions may move 1/255)."""
+    ref = images(tmp_path, "ref", CASES["dps"])
+    try:
+        out = images(tmp_path, "threads", [*CASES["dps"], "runtime.threads=2"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert np.abs(ref - out).max() <= 1
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_autocast_dtypes_stay_close(tmp_path: Path, case: str, dtype: str) -> None:

@@ -118,7 +118,11 @@ RULES = {
         "task.sigmay=0.1: unknown key; allowed: kernel, name, operator, sdedit, sigma_y",
     ),
     "unknown_top_key": (["+num_image=4"], "num_image=4: unknown key; allowed: batch_size"),
-    "unknown_runtime_key": (["+runtime.threads=2"], "runtime.threads=2: unknown key; allowed: channels_last, compile"),
+    "unknown_runtime_key": (
+        ["+runtime.num_threads=2"],
+        "runtime.num_threads=2: unknown key; allowed: channels_last, compile, deterministic, device, dtype, threads",
+    ),
+    "threads": (["runtime.threads=-1"], "runtime.threads=-1 is invalid: allowed is an integer >= 0"),
     "unknown_data_key": (["+data.size=8"], "data.size=8: unknown key for diffexp.data.synthetic; allowed: seed"),
     "unknown_metrics_key": (["+metrics.fid=true"], "metrics.fid=True: unknown key for diffexp.metrics.Metrics"),
     "bad_target": (

@@ -172,3 +172,13 @@ def test_bad_mode_is_rejected() -> None:
 
     with pytest.raises(ValueError, match=r"logger\.mode='cloud'"):
         choose_mode("cloud")
+
+
+@pytest.mark.parametrize(
+    ("sweep_dir", "group"),
+    [("outputs/multirun/2026-11-28/10-00-00", "2026-11-28_10-00-00"), ("outputs/tune/deblur-dps", "deblur-dps")],
+)
+def test_sweep_group_keeps_the_date_of_the_default_sweep_dir(sweep_dir: str, group: str) -> None:
+    from diffexp.loggers.wandb import sweep_group
+
+    assert sweep_group(sweep_dir) == group

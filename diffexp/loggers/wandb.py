@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -76,8 +77,12 @@ def init_run(*, mode: str, init_timeout: float, directory: Path, **kwargs: Any) 
 
 
 def sweep_group(sweep_dir: str | Path) -> str:
-    """The W&B group of a multirun: the name of its sweep directory (the same in every job)."""
-    return Path(sweep_dir).name
+    """The W&B group of a multirun: the name of its sweep directory (the same in every job), prefixed by
+    its parent's name when that is a date, as in the default ``outputs/multirun/<date>/<time>``."""
+    path = Path(sweep_dir)
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.parent.name):
+        return f"{path.parent.name}_{path.name}"
+    return path.name
 
 
 def hydra_job() -> tuple[str | None, str | None, dict[str, str]]:

@@ -15,6 +15,12 @@ from torch import Tensor, nn
 from diffexp.samplers.base import per_image_noise
 
 
+def separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """``rows @ x @ colsᵀ`` over the last two axes: a separable linear map of images as two matmuls, whose
+    backward is deterministic on CUDA (reflect-pad and bicubic backward kernels are not)."""
+    return rows.to(x.dtype) @ x @ cols.to(x.dtype).T
+
+
 class LinearOperator(nn.Module):
     """A linear A with ``forward``, ``adjoint`` and a measurement-noise level ``sigma_y``.
 

@@ -14,9 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator
+from diffexp.operators.base import LinearOperator, separable
 
 KERNELS = ("gaussian", "motion")
+
+
+def reflect_pad_matrix(n: int, pad: int) -> Tensor:
+    """The (n + 2·pad) × n 0/1 matrix P with P v = reflect-padded v (``F.pad(v, (pad, pad), "reflect")``)."""
+    return F.pad(torch.eye(n)[None], (pad, pad), mode="reflect")[0].T
 
 
 def gaussian_kernel(size: int, std: float) -> Tensor:
@@ -94,12 +99,14 @@ class Blur(LinearOperator):
         else:
             kernels = torch.stack([motion_kernel(kernel_size, intensity, g) for g in generators])
         self.register_buffer("kernels", kernels.float())
-        self.pad = kernel_size // 2
+        pad = kernel_size // 2
+        self.register_buffer("pad_rows", reflect_pad_matrix(h, pad), persistent=False)
+        self.register_buffer("pad_cols", reflect_pad_matrix(w, pad), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         k = self.kernels.to(x.dtype)
-        xp = F.pad(x, [self.pad] * 4, mode="reflect")
+        xp = separable(x, self.pad_rows, self.pad_cols)  # = F.pad(x, reflect), exactly
         if k.shape[0] == 1:
             return F.conv2d(xp, k.expand(c, 1, *k.shape[1:]), groups=c)
         if k.shape[0] != b:

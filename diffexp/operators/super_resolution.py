@@ -8,9 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator
+from diffexp.operators.base import LinearOperator, separable
 
 DOWNSAMPLERS = ("avgpool", "bicubic")
+
+
+def bicubic_matrix(n: int, factor: int) -> Tensor:
+    """The (n / factor) × n matrix of antialiased bicubic down-sampling along one axis (as ``F.interpolate``)."""
+    eye = torch.eye(n)[None, None]  # resizing only the height of the identity image gives R (R @ I = R)
+    return F.interpolate(eye, size=(n // factor, n), mode="bicubic", align_corners=False, antialias=True)[0, 0]
 
 
 class SuperResolution(LinearOperator):
@@ -36,12 +42,14 @@ class SuperResolution(LinearOperator):
             raise ValueError(f"task.factor={factor} must be a positive divisor of the image size {h}x{w}")
         self.factor = factor
         self.downsample = downsample
+        if downsample == "bicubic":  # as two matmuls: F.interpolate's bicubic backward is nondeterministic on CUDA
+            self.register_buffer("rows", bicubic_matrix(h, factor), persistent=False)
+            self.register_buffer("cols", bicubic_matrix(w, factor), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.downsample == "avgpool":
             return F.avg_pool2d(x, self.factor)
-        size = (x.shape[-2] // self.factor, x.shape[-1] // self.factor)
-        return F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True)
+        return separable(x, self.rows, self.cols)
 
     def baseline(self, y: Tensor) -> Tensor:
         up = F.interpolate(y, scale_factor=self.factor, mode="bicubic", align_corners=False)
