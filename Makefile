@@ -29,8 +29,13 @@ test: $(STAMP) ## Run the test suite (skips tests marked slow)
 test-all: $(STAMP) ## Run every test, slow ones included
 	WANDB_MODE=offline $(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
-bench: $(STAMP) ## Benchmarks against diffusers and deepinv; results to benchmarks/results/
-	$(PY) -m pip install -q -e '.[dev,bench]'
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## Benchmarks against diffusers and deepinv (installs the bench extra); results to benchmarks/results/
 	$(PY) -m benchmarks.run $(ARGS)
 
 prefetch: $(STAMP) ## On a machine with internet: download the LPIPS backbone and the hub models named in conf/model/
