@@ -6,18 +6,28 @@ STAMP := $(VENV)/.installed-stamp
 export WANDB_SILENT ?= true
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-all bench prefetch train tune table
+.PHONY: help install run test test-all bench prefetch train train-classifier tune table
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
+# TORCH=cpu (make install TORCH=cpu, on a fresh clone): torch/torchvision CPU wheels from the PyTorch index
+# (about 1 GB less than PyPI's CUDA build on Linux) when that index is reachable; else PyPI's, with a note.
+TORCH ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "make: needs python3 (>= 3.10) with its venv module (Debian/Ubuntu: apt install python3-venv)"; exit 1; }
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	@index=""; if [ "$(TORCH)" = cpu ]; then \
+	  if $(PY) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/', timeout=10)" 2>/dev/null; then \
+	    index="--extra-index-url $(TORCH_CPU_INDEX)"; \
+	  else echo "make install: $(TORCH_CPU_INDEX) is not reachable; torch comes from PyPI (CUDA build on Linux)"; fi; \
+	elif [ -n "$(TORCH)" ]; then echo "make install: TORCH=$(TORCH) is unknown; allowed: cpu (or leave it unset)"; exit 1; fi; \
+	echo "$(PY) -m pip install -e '.[dev]' $$index"; $(PY) -m pip install -e '.[dev]' $$index
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv/ and install diffexp with its dev extras
+install: $(STAMP) ## Create .venv/ and install diffexp with its dev extras (TORCH=cpu: CPU-only torch, no CUDA)
 	@true
 
 run: $(STAMP) ## Run the default experiment (DPS deblurring of 8 bundled digits); ARGS='key=value ...'
@@ -26,7 +36,13 @@ run: $(STAMP) ## Run the default experiment (DPS deblurring of 8 bundled digits)
 test: $(STAMP) ## Run the test suite (skips tests marked slow)
 	WANDB_MODE=offline $(PY) -m pytest -q $(ARGS)
 
-test-all: $(STAMP) ## Run every test, slow ones included
+RAY_STAMP := $(VENV)/.ray-stamp
+
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[dev,ray]'
+	touch $(RAY_STAMP)
+
+test-all: $(RAY_STAMP) ## Run every test, slow ones included (installs the ray extra for the Ray launcher test)
 	WANDB_MODE=offline $(PY) -m pytest -q -m "slow or not slow" $(ARGS)
 
 BENCH_STAMP := $(VENV)/.bench-stamp
@@ -44,18 +60,26 @@ prefetch: $(STAMP) ## On a machine with internet: download the LPIPS backbone an
 train: $(STAMP) ## Train the MNIST model: make train DATA=/path/to/mnist [ARGS='steps=...']
 	$(PY) -m diffexp.train data.path=$(DATA) $(ARGS)
 
+train-classifier: $(STAMP) ## Train the MNIST classifier of the mnist FID/KID features: make train-classifier DATA=/path/to/mnist
+	$(PY) -m diffexp.train_classifier data.path=$(DATA) $(ARGS)
+
 SWEEP := $(PY) run.py -m logger=none
 
 tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<task>-<sampler>/summary.md
 	-$(SWEEP) task=denoise sampler=dps sampler.step_size=0.3,0.5,1 hydra.sweep.dir=outputs/tune/denoise-dps
-	-$(SWEEP) task=denoise sampler=scoreald sampler.step_size=0.3,0.5,0.7 hydra.sweep.dir=outputs/tune/denoise-scoreald
 	-$(SWEEP) task=inpaint sampler=dps sampler.step_size=1,2,3,5 hydra.sweep.dir=outputs/tune/inpaint-dps
-	-$(SWEEP) task=inpaint sampler=scoreald sampler.step_size=0.3,0.7,1.5 hydra.sweep.dir=outputs/tune/inpaint-scoreald
 	-$(SWEEP) task=deblur sampler=dps sampler.step_size=2,3,5 hydra.sweep.dir=outputs/tune/deblur-dps
-	-$(SWEEP) task=deblur sampler=scoreald sampler.step_size=1,1.5,2 hydra.sweep.dir=outputs/tune/deblur-scoreald
 	-$(SWEEP) task=super_resolution sampler=dps sampler.step_size=2,3,5 hydra.sweep.dir=outputs/tune/super_resolution-dps
-	-$(SWEEP) task=super_resolution sampler=scoreald sampler.step_size=6,12,24 hydra.sweep.dir=outputs/tune/super_resolution-scoreald
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald,pigdm,ddnm,diffpir,daps sampler.num_steps=50 hydra.sweep.dir=outputs/tune/new-50
+	-$(SWEEP) task=denoise,inpaint,super_resolution sampler=scoreald sampler.step_size=1,2,4,8 hydra.sweep.dir=outputs/tune/scoreald-eta
+	-$(SWEEP) task=inpaint sampler=scoreald sampler.step_size=1,4 sampler.corrector_steps=1 hydra.sweep.dir=outputs/tune/scoreald-corrector
+	-$(SWEEP) task=deblur,super_resolution sampler=pigdm sampler.step_size=1,2 hydra.sweep.dir=outputs/tune/pigdm-w
+	-$(SWEEP) task=inpaint,super_resolution,deblur sampler=diffpir sampler.lam=1,7,50 sampler.zeta=0.3,1 hydra.sweep.dir=outputs/tune/diffpir-lam-zeta
+	-$(SWEEP) task=deblur sampler=ddnm sampler.eta=0.85,1 sampler.num_steps=50,100 hydra.sweep.dir=outputs/tune/ddnm-deblur
+	-$(SWEEP) task=inpaint,deblur sampler=daps sampler.num_steps=50,100 sampler.ode_steps=1,2 hydra.sweep.dir=outputs/tune/daps-levels
+	-$(SWEEP) task=denoise,super_resolution sampler=scoreald sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-steps
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald,pigdm,ddnm,diffpir,daps data.offset=8 hydra.sweep.dir=outputs/tune/unseen
 
 table: $(STAMP) ## The README's task × sampler table with the defaults: outputs/table/summary.md
-	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald hydra.sweep.dir=outputs/table
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald,pigdm,ddnm,diffpir,daps hydra.sweep.dir=outputs/table
 	$(PY) -m benchmarks.defaults_table outputs/table

@@ -50,11 +50,15 @@ class Settings:
     quality_tasks: tuple[str, ...] = ("deblur", "inpaint")
     memory_batch: int = 8  # 1. and 5. peak memory, one fresh process per side
     memory_steps: int = 3
+    fast_images: int = 8  # 6. fast samplers vs DPS (deblur, one batch)
+    fast_samplers: tuple[str, ...] = ("scoreald", "pigdm", "ddnm", "diffpir", "daps")
+    fast_steps: int = 0  # 0: each sampler's default num_steps
 
 
 QUICK = {
     "repeats": 2, "gen_steps": 10, "gen_batch": 2, "dps_steps": 10, "dps_images": 1, "scaling_steps": 3,
     "scaling_batches": (1, 8), "quality_steps": (10, 20), "quality_images": 2, "memory_batch": 2, "memory_steps": 2,
+    "fast_images": 2, "fast_steps": 2,
 }
 
 

@@ -1,7 +1,7 @@
 """README table from a ``make table`` sweep: ``python -m benchmarks.defaults_table outputs/table``.
 
-One row per task × sampler (each with its default settings): PSNR, SSIM, LPIPS, seconds per image,
-and the PSNR of the measurement-only baseline.
+One row per task × sampler (each with its default settings): its main settings, PSNR, SSIM, LPIPS,
+network calls per image (NFE), seconds per image, and the PSNR of the measurement-only baseline.
 """
 
 from __future__ import annotations
@@ -20,22 +20,31 @@ def _cell(stats: dict | None, digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
+KNOBS = ("step_size", "eta", "lam", "zeta", "ode_steps", "corrector_steps")
+
+
+def settings(sampler: dict) -> str:
+    """The sampler's hyperparameters that set its strength (resolved per-task defaults included)."""
+    return ", ".join(f"{k} {sampler[k]:g}" for k in KNOBS if isinstance(sampler.get(k), (int, float)))
+
+
 def table(sweep_dir: Path) -> str:
     lines = [
-        "| task | sampler | step size | PSNR (dB) | SSIM | LPIPS | s/image | baseline PSNR (dB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | sampler | settings | PSNR (dB) | SSIM | LPIPS | NFE | s/image | baseline PSNR (dB) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for job in load_jobs(sweep_dir):
         r = job.result
         if job.status != "ok":
-            lines.append(f"| {job.overrides.get('task')} | {job.overrides.get('sampler')} | | failed: {job.error} | | | | |")
+            lines.append(f"| {job.overrides.get('task')} | {job.overrides.get('sampler')} | | {job.status}: {job.error} | | | | | |")
             continue
         config = OmegaConf.load(job.path / ".hydra" / "config.yaml")
-        step = OmegaConf.select(config, "sampler.step_size", default="")  # resolves the per-task default
+        sampler = OmegaConf.to_container(config.sampler, resolve=True)  # resolves the per-task defaults
         m, b = r["metrics"], r["baseline"]
         lines.append(
-            f"| {r['task']} | {r['sampler']} | {step} | {_cell(m.get('psnr'), 2)} | {_cell(m.get('ssim'), 3)} | "
-            f"{_cell(m.get('lpips'), 3)} | {r['seconds_per_image']:.2f} | {_cell(b.get('psnr'), 2)} |"
+            f"| {r['task']} | {r['sampler']} | {settings(sampler)} | {_cell(m.get('psnr'), 2)} | "
+            f"{_cell(m.get('ssim'), 3)} | {_cell(m.get('lpips'), 3)} | {r['nfe']} | "
+            f"{r['seconds_per_image']:.2f} | {_cell(b.get('psnr'), 2)} |"
         )
     return "\n".join(lines)
 

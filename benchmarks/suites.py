@@ -28,6 +28,7 @@ from benchmarks.common import (
     sampler_fn,
     setup,
 )
+from benchmarks.fast import fast
 from benchmarks.memory import peak_memory
 from diffexp.metrics import Metrics
 
@@ -304,4 +305,6 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 else None
 
 
-SUITES = {"generation": generation, "dps": dps, "scaling": scaling, "quality": quality, "memory": memory}
+SUITES = {
+    "generation": generation, "dps": dps, "scaling": scaling, "quality": quality, "memory": memory, "fast": fast,
+}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -17,9 +16,8 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from diffexp.report import JOB_ERROR_FILE, write_report
-
-log = logging.getLogger(__name__)
+from diffexp.cli import UserError
+from diffexp.report import JOB_ERROR_FILE, Report, headline, job_paths, write_report
 
 
 def wandb_options(config: DictConfig) -> dict[str, Any] | None:
@@ -52,29 +50,32 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         atexit.unregister(self._report_at_exit)
-        files, columns, rows = self._write()
+        report = self._write()
         if self.wandb is not None:
             from diffexp.loggers.wandb import log_report
 
-            log_report(self.sweep_dir, files, columns, rows, **self.wandb)
+            log_report(report, **self.wandb)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if job_return.status != JobStatus.FAILED:
             return
-        try:
-            job_return.return_value  # noqa: B018 - the property re-raises the job's exception
-        except Exception as err:  # noqa: BLE001 - any job error is recorded, then Hydra reports it
-            record = {"error": f"{type(err).__name__}: {err}", "traceback": "".join(traceback.format_exception(err))}
-            (Path(config.hydra.runtime.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(record, indent=2))
+        # the attribute, not the ``return_value`` property: that prints "Error executing job" (Hydra does, once)
+        err = job_return._return_value
+        if isinstance(err, UserError) and err.__cause__ is not None:
+            err = err.__cause__  # the user's error itself (ConfigError, FileNotFoundError, ...)
+        record = {"error": f"{type(err).__name__}: {err}", "traceback": "".join(traceback.format_exception(err))}
+        (Path(config.hydra.runtime.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(record, indent=2))
 
-    def _write(self) -> tuple[list[Path], list[str], list[dict[str, Any]]]:
-        files, columns, rows = write_report(self.sweep_dir)
-        log.info("sweep report: %s", ", ".join(str(f) for f in files))
-        return files, columns, rows
+    def _write(self) -> Report:
+        """Write the report and print the top of summary.md (stdout: the jobs' log files must not get it)."""
+        report = write_report(self.sweep_dir)
+        print(f"[diffexp] sweep report: {', '.join(str(f) for f in report.files)}\n{headline(report)}", flush=True)
+        return report
 
     def _report_at_exit(self) -> None:
-        """The report of a sweep with a failed job. W&B has torn down its service by now: log from a new process."""
-        if self.sweep_dir is None or not self.sweep_dir.is_dir():
+        """The report of a sweep with a failed job. W&B has torn down its service by now: log from a new process.
+        Nothing when no job started (e.g. an invalid option stopped the multirun before its first job)."""
+        if self.sweep_dir is None or not job_paths(self.sweep_dir):
             return
         if self.wandb is None:
             self._write()

@@ -18,6 +18,7 @@ from torch import Tensor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".jfif", ".ppm", ".pgm", ".tga")
 ASSETS = Path(__file__).parent / "assets"
+SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L", "I")  # PIL modes of 16-bit grayscale PNGs (I: Pillow < 11)
 
 
 def to_unit(x: Tensor) -> Tensor:
@@ -51,10 +52,18 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def _eight_bit(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (PIL modes I;16, I) → 8-bit L by its high byte, as PIL itself reduces 16-bit RGB
+    PNGs; ``convert("L")`` would clip every value above 255 to white."""
+    if img.mode not in SIXTEEN_BIT_GRAY:
+        return img
+    return Image.fromarray((np.asarray(img, dtype=np.uint32) >> 8).astype(np.uint8))
+
+
 def _load_image(path: Path, channels: int, size: int) -> Tensor:
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+            img = _eight_bit(img).convert("L" if channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
     w, h = img.size
@@ -68,9 +77,12 @@ def _load_image(path: Path, channels: int, size: int) -> Tensor:
     return from_unit(arr)
 
 
-def folder(path: str, *, channels: int, size: int, num_images: int) -> Tensor:
+def folder(path: str, *, channels: int, size: int, num_images: int, offset: int = 0) -> Tensor:
     """``data=folder``: the PNG/JPEG files of ``path`` sorted by name, converted to ``channels``
-    (RGB↔gray), centre-cropped and resized to ``size``; at most ``num_images`` of them."""
+    (RGB↔gray; 16-bit PNGs by their high byte), centre-cropped and resized to ``size`` (bicubic);
+    ``num_images`` of them after skipping ``offset``."""
+    if offset < 0:
+        raise ValueError(f"data.offset={offset} must be >= 0")
     root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"data.path={str(root)!r} is not a folder")
@@ -80,17 +92,21 @@ def folder(path: str, *, channels: int, size: int, num_images: int) -> Tensor:
             f"data.path={str(root)!r} holds an unsupported image file {unsupported[0]!r}; "
             f"allowed: {', '.join(IMAGE_SUFFIXES)} (convert it or move it out)"
         )
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise FileNotFoundError(f"data.path={str(root)!r} holds no image ({', '.join(IMAGE_SUFFIXES)})")
-    if len(files) < num_images:
-        raise ValueError(f"num_images={num_images} but data.path={str(root)!r} holds only {len(files)} images")
-    return torch.stack([_load_image(f, channels, size) for f in files[:num_images]])
+    if len(files) < offset + num_images:
+        raise ValueError(
+            f"num_images={num_images} with data.offset={offset} but data.path={str(root)!r} holds only "
+            f"{len(files)} images"
+        )
+    return torch.stack([_load_image(f, channels, size) for f in files[offset : offset + num_images]])
 
 
-def mnist_eval(*, channels: int, size: int, num_images: int) -> Tensor:
-    """``data=mnist_eval``: the 64 bundled MNIST test digits (see ``diffexp/assets/mnist_eval/README.md``)."""
-    return folder(str(ASSETS / "mnist_eval"), channels=channels, size=size, num_images=num_images)
+def mnist_eval(*, channels: int, size: int, num_images: int, offset: int = 0) -> Tensor:
+    """``data=mnist_eval``: the 64 bundled MNIST test digits (see ``diffexp/assets/mnist_eval/README.md``);
+    ``offset`` skips the first ones (e.g. ``data.offset=8``: digits never used to tune the defaults)."""
+    return folder(str(ASSETS / "mnist_eval"), channels=channels, size=size, num_images=num_images, offset=offset)
 
 
 def synthetic(*, channels: int, size: int, num_images: int, seed: int = 0) -> Tensor:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from diffexp.distribution import DistributionMetrics, add_distribution
 from diffexp.model import DiffusionModel
-from diffexp.outputs import Recorder, settings_hash
+from diffexp.console import log_summary
+from diffexp.errors import ConfigError
+from diffexp.outdir import claim
+from diffexp.outputs import Recorder, settings_hash, settings_values
+from diffexp.samplers.base import SamplingDivergedError
 from diffexp.schedule import respaced_timesteps, sdedit_start
-from diffexp.validate import SAMPLER_META_KEYS, validate, validate_data, validate_model
+from diffexp.validate import SAMPLER_META_KEYS, config_problems, model_problems, peek_num_train_timesteps, validate_data
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,7 +52,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"runtime.device={name!r} but CUDA is not available; allowed here: auto, cpu")
+        raise ConfigError([f"runtime.device={name!r} but CUDA is not available; allowed here: auto, cpu"])
     return device
 
 
@@ -84,6 +90,8 @@ def _signals() -> Iterator[None]:
 
 def _prepare_model(model: DiffusionModel, runtime: DictConfig, device: torch.device) -> DiffusionModel:
     model = model.to(device)
+    dtype = DTYPES[runtime.dtype]
+    model.autocast_dtype = None if dtype == torch.float32 else dtype  # the UNet only: operators stay float32
     if runtime.channels_last:
         model.unet.to(memory_format=torch.channels_last)
     if runtime.compile:
@@ -91,34 +99,105 @@ def _prepare_model(model: DiffusionModel, runtime: DictConfig, device: torch.dev
     return model
 
 
+def _load_model(cfg: DictConfig, problems: list[str]) -> DiffusionModel:
+    """The model, with the checks that need it (T, image size) added to the config ``problems`` so that all
+    are reported at once. With config problems the model is not loaded (that may take long): its T is then
+    read from its scheduler config when that is a local file."""
+    if problems:
+        T = peek_num_train_timesteps(cfg.model)
+        steps = cfg.sampler.get("num_steps")
+        if T is not None and isinstance(steps, int) and steps > T:
+            problems.append(f"sampler.num_steps={steps} is invalid: allowed is 1..{T} (the model's T)")
+        raise ConfigError(problems)
+    model = instantiate(cfg.model)
+    problems = model_problems(cfg, model)
+    if problems:
+        raise ConfigError(problems)
+    return model
+
+
+def _dtype_problems(cfg: DictConfig, device: torch.device, sample: Any) -> list[str]:
+    if cfg.runtime.dtype != "float16":
+        return []
+    if device.type == "cpu":
+        return ["runtime.dtype=float16 on the CPU: about 10x slower than float32 (no float16 CPU kernels); "
+                "allowed on CPU: float32, bfloat16"]
+    if getattr(sample.func, "needs_unet_grad", False):
+        return [f"runtime.dtype=float16 with sampler={cfg.sampler.name}: it backpropagates through the UNet, "
+                "which float16 underflows without loss scaling; allowed: float32, bfloat16"]
+    return []
+
+
+def _diagnose(err: SamplingDivergedError, model: DiffusionModel, x: torch.Tensor, t: torch.Tensor) -> Exception:
+    """A NaN/Inf is blamed on the sampler's step size by default; say so when the model itself produced it."""
+    with torch.no_grad():
+        eps = model.eps(x, t)
+    if torch.isfinite(eps).all():
+        return err
+    return SamplingDivergedError(
+        f"the model ({model.name}) produced NaN/Inf at the first step (t={int(t)}) from finite inputs: "
+        "its weights are likely corrupted (the sampler's settings are not the cause)"
+    )
+
+
+def _network_calls(sample: Any, timesteps: torch.Tensor) -> int:
+    """UNet evaluations per image: one per grid step unless the sampler declares ``network_calls(timesteps)``."""
+    count = getattr(sample.func, "network_calls", None)
+    return int(count(timesteps, **sample.keywords)) if count is not None else len(timesteps)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment; returns the content of ``metrics.json`` plus ``objective`` for sweepers."""
-    validate(cfg)
-    out_dir = Path(cfg.output_dir)
+    """Run one experiment; returns the content of ``metrics.json`` plus ``objective`` for sweepers
+    (the mean of ``optimized_metric``; None when the run diverged: the Optuna sweeper then fails that trial,
+    while a NaN would make its ``study.tell`` raise and end the study)."""
+    problems = config_problems(cfg)
+    model = _load_model(cfg, problems)  # raises ConfigError listing every problem, if any
     device = resolve_device(cfg.runtime.device)
+    sample, num_steps, t_start = sampler_parts(cfg.sampler)
+    dtype_problems = _dtype_problems(cfg, device, sample)
+    if dtype_problems:
+        raise ConfigError(dtype_problems)
+    out_dir = Path(cfg.output_dir)
+    claimed = claim(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+    try:
+        return _run(cfg, model, device, sample, num_steps, t_start, claimed.previous)
+    finally:
+        claimed.release()
+
+
+def _run(
+    cfg: DictConfig,
+    model: DiffusionModel,
+    device: torch.device,
+    sample: Any,
+    num_steps: int,
+    t_start: int | None,
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    out_dir = Path(cfg.output_dir)
     if cfg.runtime.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS needs it
     torch.use_deterministic_algorithms(cfg.runtime.deterministic)  # set both ways: jobs share a process
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
-    model = instantiate(cfg.model)
-    validate_model(cfg, model)
     model = _prepare_model(model, cfg.runtime, device)
-    sample, num_steps, t_start = sampler_parts(cfg.sampler)
     guided = bool(getattr(sample.func, "guided", False))
     operator_factory = instantiate(cfg.task.operator) if cfg.task.operator is not None else None
     has_truth = operator_factory is not None
     sdedit = has_truth and not guided
     if sdedit and not cfg.task.get("sdedit", False):
-        raise ValueError(
-            f"sampler={cfg.sampler.name} cannot solve task={cfg.task.name}: it needs measurement guidance; "
-            "use sampler=dps or sampler=scoreald"
+        raise ConfigError(
+            [f"sampler={cfg.sampler.name} cannot solve task={cfg.task.name}: it needs measurement guidance; "
+             "use a posterior sampler (dps, scoreald, pigdm, ddnm, diffpir, daps)"]
         )
     if guided and not has_truth:
-        raise ValueError(f"sampler={cfg.sampler.name} needs a measurement; task=generate supports ddpm, ddim")
+        raise ConfigError([f"sampler={cfg.sampler.name} needs a measurement; task=generate supports ddpm, ddim"])
     if has_truth:  # build one operator now so that bad task settings fail before any sampling
         operator_factory(image_shape=model.image_shape, generators=[image_generator(cfg.seed, 0, device)])
     metrics = instantiate(cfg.metrics) if has_truth else None
+    distribution = DistributionMetrics.from_metrics_config(  # FID/KID: missing weights fail here, before sampling
+        cfg.metrics, channels=model.channels, size=model.sample_size, has_truth=has_truth
+    )
     T = model.num_train_timesteps
     if sdedit:
         t_start = sdedit_start(model.alphas_cumprod, cfg.task.sigma_y) if t_start is None else int(t_start)
@@ -132,21 +211,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         validate_data(truth_all, cfg, model.image_shape)
     header = {
         "task": cfg.task.name, "sampler": cfg.sampler.name, "model": model.name, "num_images": cfg.num_images,
-        "nfe": len(grid), "channels": model.channels, "t_start": int(grid[0]), "settings": settings_hash(cfg),
+        "nfe": _network_calls(sample, grid), "channels": model.channels, "t_start": int(grid[0]), "settings": settings_hash(cfg),
+        "settings_values": settings_values(cfg),
     }
-    recorder = Recorder(out_dir, header, has_truth=has_truth, resume=cfg.resume)
+    recorder = Recorder(out_dir, header, has_truth=has_truth, previous=previous)
     logger = instantiate(cfg.logger)(cfg=cfg, output_dir=out_dir)
     todo = [i for i in range(cfg.num_images) if i not in recorder.done]
     batches = [todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)]
-    dtype = DTYPES[cfg.runtime.dtype]
-    autocast = (
-        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    )
     progress = tqdm(total=len(batches) * len(grid), desc=f"{cfg.task.name}/{cfg.sampler.name}", unit="step")
     status, error, exit_code = "failed", None, 1
     try:
         with _signals():
-            for batch in batches:
+            for number, batch in enumerate(batches):
                 gens = [image_generator(cfg.seed, i, device) for i in batch]
                 start = time.perf_counter()
                 if has_truth:
@@ -160,9 +236,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 else:
                     truth = operator = y = None
                     x = torch.stack([torch.randn(model.image_shape, generator=g, device=device) for g in gens])
-                callback = functools.partial(_on_step, progress=progress, logger=logger, operator=operator, y=y)
-                with autocast:
+                callback = functools.partial(
+                    _on_step, progress=progress, logger=logger, operator=operator, y=y, offset=number * len(grid)
+                )
+                try:
                     out = sample(model, x, timesteps=grid, generators=gens, y=y, operator=operator, callback=callback)
+                except SamplingDivergedError as err:
+                    raise _diagnose(err, model, x, grid[0]) from err
                 out = out.float().clamp(-1, 1)
                 seconds = time.perf_counter() - start
                 rows, baseline, raw = _evaluate(metrics, operator, out, truth, y, len(batch))
@@ -181,39 +261,55 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         progress.close()
         try:
             result = recorder.finish(status, error)
+            result = add_distribution(result, distribution, out_dir)
             logger.log_results(result, out_dir)
         finally:
             logger.finish(exit_code)
-        print(f"[diffexp] {status}: outputs written to {out_dir}")
+        log_summary(result, out_dir, logger)
     objective = (result["metrics"].get(cfg.optimized_metric) or {}).get("mean") if has_truth else None
+    if result["status"] == "diverged":
+        objective = None
     return {**result, "objective": objective}
 
 
-def _on_step(state: dict[str, Any], *, progress: tqdm, logger: Any, operator: Any, y: Any) -> None:
+def _on_step(state: dict[str, Any], *, progress: tqdm, logger: Any, operator: Any, y: Any, offset: int) -> None:
+    """Per sampling step: progress bar, and every ``log_every`` steps the tracker (``step`` counts over the
+    whole run, so per-step charts are monotone across batches)."""
     progress.update(1)
     every = getattr(logger, "log_every", 0)
     if every and (state["i"] + 1) % every == 0:
-        logger.log_step(state, operator=operator, y=y)
+        logger.log_step({**state, "step": offset + state["i"]}, operator=operator, y=y)
+
+
+DIVERGENCE_FACTOR = 3.0  # final residual above this many times the measurement's: flagged as diverged
 
 
 @torch.no_grad()
 def _evaluate(
     metrics: Any, operator: Any, out: torch.Tensor, truth: Any, y: Any, n: int
 ) -> tuple[list[dict[str, Any]], Any, Any]:
-    """Per-image metrics of the output and of the measurement-only baseline, plus raw measurements."""
+    """Per-image metrics of the output and of the measurement-only baseline, plus raw measurements.
+
+    An image whose final residual ‖A(x̂) − y‖ exceeds ``DIVERGENCE_FACTOR`` times the larger of the
+    baseline's residual and the noise's expected norm σ_y·sqrt(m) (at least 0.01·sqrt(m), m the
+    measurement size) is flagged ``diverged``: finite, but not a reconstruction of this measurement.
+    """
     if metrics is None:
         return [{} for _ in range(n)], None, None
     baseline = operator.baseline(y).float().clamp(-1, 1)
     recon, base = metrics(out, truth), metrics(baseline, truth)
     residual = (operator(out) - y).flatten(1).norm(dim=1).tolist()
     base_residual = (operator(baseline) - y).flatten(1).norm(dim=1).tolist()
+    noise = max(operator.sigma_y, 0.01) * math.sqrt(y[0].numel())
     rows = []
     for j in range(n):
         row = {name: values[j] for name, values in recon.items()}
         row["residual"] = residual[j]
         row.update({f"baseline_{name}": values[j] for name, values in base.items()})
         row["baseline_residual"] = base_residual[j]
+        limit = DIVERGENCE_FACTOR * max(base_residual[j], noise)
+        if residual[j] > limit:
+            row.update(diverged=True, residual_limit=limit)
         rows.append(row)
-    per_image = {k: v for k, v in operator.named_buffers() if v.shape[0] == n}
-    raw = [{"y": y[j].cpu(), **{k: v[j].cpu() for k, v in per_image.items()}} for j in range(n)]
+    raw = [{"y": y[j].cpu(), **{k: v.cpu() for k, v in operator.image_parameters(j).items()}} for j in range(n)]
     return rows, baseline, raw

@@ -11,6 +11,8 @@ from torchvision.utils import make_grid as tv_make_grid
 
 from diffexp.data import to_uint8
 
+GRID_PADDING = 2  # white pixels around every tile of a grid
+
 
 def to_pil(x: Tensor) -> Image.Image:
     """(C, H, W) in [-1, 1] → PIL image (L or RGB)."""
@@ -22,8 +24,9 @@ def save_png(x: Tensor, path: Path) -> None:
 
 
 def make_grid(x: Tensor, nrow: int) -> Image.Image:
-    """Tile (N, C, H, W) images in [-1, 1] into one PIL image, ``nrow`` images per row."""
-    grid = tv_make_grid(x.detach().float().cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    """Tile (N, C, H, W) images in [-1, 1] into one PIL image, ``nrow`` images per row, each tile
+    ``GRID_PADDING`` white pixels from the next and from the border."""
+    grid = tv_make_grid(x.detach().float().cpu(), nrow=nrow, padding=GRID_PADDING, pad_value=1.0)
     return to_pil(grid[:1] if x.shape[1] == 1 else grid)
 
 

@@ -45,9 +45,20 @@ class Metrics:
     Args:
         lpips: compute LPIPS when its backbone is available (else ``None`` with one warning).
         lpips_required: raise, before any sampling, when the backbone is missing.
+        fid, fid_features, fid_required, reference: the end-of-run FID/KID settings, which share the
+            ``metrics`` node; ``run`` reads them with ``diffexp.distribution.DistributionMetrics.from_metrics_config``
+            (FID/KID need the model's image size and also serve task=generate, where this class is not built).
     """
 
-    def __init__(self, lpips: bool = True, lpips_required: bool = False) -> None:
+    def __init__(
+        self,
+        lpips: bool = True,
+        lpips_required: bool = False,
+        fid: bool = True,
+        fid_features: str = "auto",
+        fid_required: bool = False,
+        reference: str | None = None,
+    ) -> None:
         global _warned
         self._lpips = None
         if not lpips:

@@ -3,6 +3,8 @@
 The wrapper exposes the quantities every sampler needs (Ho et al. 2020; Song et al. 2021):
 ``eps(x, t)``, Tweedie's ``x0(x, t) = (x_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t)`` and
 ``score(x, t) = −ε/sqrt(1−ᾱ_t)``, whatever the network predicts (epsilon, sample or v).
+Learned-variance (``learned_range``) models such as the ADM checkpoints (``diffexp.convert_adm``) output
+2C channels; ``eps_v(x, t)`` returns ε and the variance interpolation weight v (improved DDPM, eq. 15).
 """
 
 from __future__ import annotations
@@ -19,8 +21,17 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor, nn
 
+from diffexp.errors import ConfigError
+
+
+class ModelUnavailableError(ConfigError, RuntimeError):
+    """A hub model that is neither a local folder nor cached, while the hub is unreachable: the user fixes it
+    (a ``ConfigError``: ``run.py`` prints it without a traceback and exits with status 2)."""
+
+
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-VARIANCE_TYPES = ("fixed_small", "fixed_large")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+NO_FLOAT64_DEVICES = ("mps",)  # device types without float64 tensors: the schedule goes there in float32
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 
 
@@ -41,10 +52,11 @@ class DiffusionModel(nn.Module):
             raise ValueError(f"prediction_type={cfg.prediction_type!r} is not supported; allowed: {PREDICTION_TYPES}")
         if cfg.variance_type not in VARIANCE_TYPES:
             raise ValueError(f"variance_type={cfg.variance_type!r} is not supported; allowed: {VARIANCE_TYPES}")
-        if unet.config.out_channels != unet.config.in_channels:
+        factor = 2 if cfg.variance_type == "learned_range" else 1
+        if unet.config.out_channels != factor * unet.config.in_channels:
             raise ValueError(
-                f"UNet out_channels={unet.config.out_channels} != in_channels={unet.config.in_channels}: "
-                "learned-variance models are not supported"
+                f"UNet out_channels={unet.config.out_channels} with in_channels={unet.config.in_channels} does not fit "
+                f"variance_type={cfg.variance_type!r}: allowed is out_channels = {factor} x in_channels"
             )
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
@@ -53,7 +65,19 @@ class DiffusionModel(nn.Module):
         self.variance_type: str = cfg.variance_type
         self.clip_sample: bool = bool(cfg.clip_sample)
         self.clip_sample_range: float = float(getattr(cfg, "clip_sample_range", 1.0))
-        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.to(torch.float64).clone(), persistent=False)
+        self.autocast_dtype: torch.dtype | None = None
+        # Not a buffer: ``.to(mps)`` would fail on float64 and ``.half()`` would round it (see ``_apply``).
+        self._alphas_cumprod64 = scheduler.alphas_cumprod.to(torch.float64).clone()
+        self.alphas_cumprod: Tensor = self._alphas_cumprod64
+
+    def _apply(self, fn: Any, recurse: bool = True) -> DiffusionModel:
+        """``.to()``/``.cuda()``/``.double()``/...: the UNet follows ``fn``; the schedule ᾱ follows the UNet's
+        device and stays float64 (float32 on devices without float64, e.g. Apple MPS)."""
+        super()._apply(fn, recurse)
+        device = next(self.unet.parameters()).device
+        dtype = torch.float32 if device.type in NO_FLOAT64_DEVICES else torch.float64
+        self.alphas_cumprod = self._alphas_cumprod64.to(dtype).to(device)
+        return self
 
     @property
     def num_train_timesteps(self) -> int:
@@ -81,22 +105,42 @@ class DiffusionModel(nn.Module):
         t = torch.as_tensor(t, device=x.device, dtype=torch.long)
         return t.expand(x.shape[0]) if t.ndim == 0 else t
 
-    def eps(self, x: Tensor, t: Tensor | int) -> Tensor:
-        """Predicted noise ε_θ(x_t, t)."""
+    def _unet(self, x: Tensor, t: Tensor) -> Tensor:
+        """The raw UNet output in ``x``'s dtype; under ``torch.autocast`` when ``autocast_dtype`` is set."""
+        if self.autocast_dtype is None:
+            return self.unet(x, t).sample.to(x.dtype)
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+            out = self.unet(x, t).sample
+        return out.to(x.dtype)
+
+    def eps_v(self, x: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor | None]:
+        """Predicted noise ε_θ(x_t, t) and, for ``learned_range`` models, v = (model_var_output + 1)/2 ∈ [0, 1]
+        (improved DDPM, Nichol & Dhariwal 2021, eq. 15: log σ_t² = v·log β_t + (1−v)·log β̃_t); None otherwise."""
         t = self._timesteps(t, x)
-        out = self.unet(x, t).sample.to(x.dtype)
+        out = self._unet(x, t)
+        v = None
+        if self.variance_type == "learned_range":
+            out, var_out = out.split(x.shape[1], dim=1)
+            v = (var_out + 1) / 2
         if self.prediction_type == "epsilon":
-            return out
+            return out, v
         ab = self.alpha_bar(t, x)
         if self.prediction_type == "sample":
-            return (x - ab.sqrt() * out) / (1 - ab).sqrt()
-        return ab.sqrt() * out + (1 - ab).sqrt() * x  # v = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0
+            return (x - ab.sqrt() * out) / (1 - ab).sqrt(), v
+        return ab.sqrt() * out + (1 - ab).sqrt() * x, v  # v-pred = sqrt(ᾱ)ε − sqrt(1−ᾱ)x0
+
+    def eps(self, x: Tensor, t: Tensor | int) -> Tensor:
+        """Predicted noise ε_θ(x_t, t) (the first C channels of a learned-variance model)."""
+        return self.eps_v(x, t)[0]
+
+    def x0_from_eps(self, x: Tensor, t: Tensor | int, eps: Tensor) -> Tensor:
+        """Tweedie's x̂0 = (x_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t) for a given ε (one UNet call for ε, v and x̂0)."""
+        ab = self.alpha_bar(self._timesteps(t, x), x)
+        return (x - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def x0(self, x: Tensor, t: Tensor | int) -> Tensor:
         """Tweedie's denoised estimate x̂0 = (x_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t)."""
-        t = self._timesteps(t, x)
-        ab = self.alpha_bar(t, x)
-        return (x - (1 - ab).sqrt() * self.eps(x, t)) / ab.sqrt()
+        return self.x0_from_eps(x, t, self.eps(x, t))
 
     def score(self, x: Tensor, t: Tensor | int) -> Tensor:
         """Score ∇ log p_t(x_t) = −ε/sqrt(1−ᾱ_t)."""
@@ -134,7 +178,9 @@ def _find(folder: Path, names: tuple[str, ...], subdir: str) -> Path | None:
     return None
 
 
-def _load_folder(folder: Path, name: str) -> DiffusionModel:
+def load_folder(folder: Path, name: str) -> DiffusionModel:
+    """A diffusers folder: the UNet (config.json + weights) and scheduler_config.json, at the root or in
+    ``unet/`` and ``scheduler/``."""
     unet_dir = _find(folder, WEIGHT_FILES, "unet")
     if unet_dir is None or not (unet_dir / "config.json").is_file():
         raise FileNotFoundError(
@@ -164,15 +210,15 @@ def _download(repo_id: str) -> Path:
     message = (
         f"could not load pretrained={repo_id!r}: it is not a local folder, not in the Hugging Face cache, and "
         "the hub was not reachable (no network/hub access{}). Download it on a machine with internet "
-        "(`make prefetch`, or `huggingface-cli download <id> --local-dir DIR`) and pass "
+        "(`make prefetch`, or `hf download <id> --local-dir DIR`) and pass "
         "model.pretrained=DIR, a local folder in diffusers layout."
     )
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
-        raise RuntimeError(message.format(""))
+        raise ModelUnavailableError([message.format("")], title="model not available")
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
     except Exception as err:  # noqa: BLE001 - the hub raises many kinds of network errors
-        raise RuntimeError(message.format(f"; {type(err).__name__}")) from err
+        raise ModelUnavailableError([message.format(f"; {type(err).__name__}")], title="model not available") from err
 
 
 def _hub_reachable(timeout: float = 5.0) -> bool:
@@ -195,7 +241,7 @@ def load_pretrained(pretrained: str, name: str | None = None) -> DiffusionModel:
     if path.exists():
         if not path.is_dir():
             raise NotADirectoryError(f"pretrained={pretrained!r} is a file; expected a diffusers model folder")
-        return _load_folder(path, name or path.name)
+        return load_folder(path, name or path.name)
     if pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
         raise FileNotFoundError(f"pretrained={pretrained!r}: no such local folder (and it is not a hub id 'owner/name')")
-    return _load_folder(_download(pretrained), name or pretrained)
+    return load_folder(_download(pretrained), name or pretrained)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -21,8 +22,10 @@ from PIL import Image
 from torch import Tensor
 
 from diffexp.data import from_unit
+from diffexp.errors import ConfigError
 from diffexp.images import comparison_grid, make_grid, save_png
 
+log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips", "residual")
 # What decides an image's result: resume refuses an output dir written with other values of these.
 RESULT_SETTINGS = ("model", "sampler", "task", "data", "metrics", "seed", "runtime.dtype")
@@ -55,14 +58,40 @@ def _canonical(value: Any) -> Any:
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-def settings_hash(cfg: DictConfig) -> str:
-    """Fingerprint of the ``RESULT_SETTINGS`` (not num_images, batch_size, device or logger)."""
-    picked = {}
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: _canonical(value)}
+
+
+def settings_values(cfg: DictConfig) -> dict[str, Any]:
+    """The ``RESULT_SETTINGS`` resolved and flattened to dotted keys (``sampler.step_size: 5.0``)."""
+    picked: dict[str, Any] = {}
     for key in RESULT_SETTINGS:
         value = OmegaConf.select(cfg, key)
         value = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
-        picked[key] = _canonical(value)
-    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        picked.update(_flatten(value, key))
+    return picked
+
+
+def settings_hash(cfg: DictConfig) -> str:
+    """Fingerprint of the ``RESULT_SETTINGS`` (not num_images, batch_size, device or logger)."""
+    picked = json.dumps(settings_values(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(picked.encode()).hexdigest()[:16]
+
+
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``["sampler.step_size: 5.0 → 3.0", ...]`` for every key whose value differs (or exists on one side)."""
+    missing = "(unset)"
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {json.dumps(old.get(k, missing), default=str)} → {json.dumps(new.get(k, missing), default=str)}"
+        for k in keys
+        if old.get(k, missing) != new.get(k, missing)
+    ]
 
 
 def _finite_or_none(row: dict[str, Any]) -> dict[str, Any]:
@@ -90,10 +119,17 @@ class Recorder:
         out_dir: the job's Hydra output directory.
         header: the fixed fields of ``metrics.json`` (task, sampler, model, num_images, nfe).
         has_truth: whether the task has ground truth (inverse problems).
-        resume: keep the finished images of a previous run in ``out_dir``.
+        previous: the ``metrics.json`` content of an earlier run to continue (``resume=true``), checked
+            against ``header`` and the images on disk.
     """
 
-    def __init__(self, out_dir: Path, header: dict[str, Any], has_truth: bool, resume: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        header: dict[str, Any],
+        has_truth: bool,
+        previous: dict[str, Any] | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.images = self.out_dir / "images"
         self.images.mkdir(parents=True, exist_ok=True)
@@ -101,22 +137,43 @@ class Recorder:
         self.has_truth = has_truth
         self.rows: dict[int, dict[str, Any]] = {}
         self.seconds = 0.0
+        if previous is not None:
+            self._resume(previous)
+
+    def _resume(self, previous: dict[str, Any]) -> None:
+        """Keep the earlier rows whose images are all on disk (the others are sampled again: same seed, same
+        result); refuse results written with other settings, naming each setting that differs."""
         path = self.out_dir / "metrics.json"
-        if resume and path.is_file():
-            previous = json.loads(path.read_text())
-            for key in ("task", "sampler", "model"):
-                if previous.get(key) != header.get(key):
-                    raise ValueError(
-                        f"resume=true: {path} was written for {key}={previous.get(key)!r}, not {header.get(key)!r}"
-                    )
-            if previous.get("settings") != header.get("settings"):
-                raise ValueError(
-                    f"resume=true: {path} was written with other settings (one of {', '.join(RESULT_SETTINGS)} "
-                    "differs); resume with the original settings or use a new output dir"
-                )
-            num_images = header.get("num_images", math.inf)
-            self.rows = {r["index"]: r for r in previous.get("per_image", []) if r["index"] < num_images}
-            self.seconds = float(previous.get("seconds") or 0.0)
+        problems = [
+            f"{key}: {previous.get(key)!r} → {self.header.get(key)!r}"
+            for key in ("task", "sampler", "model")
+            if previous.get(key) != self.header.get(key)
+        ]
+        if not problems and previous.get("settings") != self.header.get("settings"):
+            old = previous.get("settings_values")
+            problems = (
+                settings_diff(old, self.header["settings_values"])
+                if isinstance(old, dict)
+                else [f"one of {', '.join(RESULT_SETTINGS)} differs"]
+            )
+        if problems:
+            raise ConfigError(
+                [f"{path} was written with other settings; resume with the original ones or use a new output dir:"]
+                + problems,
+                title="resume=true refused",
+            )
+        num_images = self.header.get("num_images", math.inf)
+        suffixes = ("", "_truth", "_measurement") if self.has_truth else ("",)
+        for row in previous["per_image"]:
+            index = row.get("index")
+            if not isinstance(index, int) or index >= num_images:
+                continue
+            lost = [image_name(index, s) for s in suffixes if not (self.images / image_name(index, s)).is_file()]
+            if lost:
+                log.warning("resume: %s missing in %s; image %d is sampled again", ", ".join(lost), self.images, index)
+            else:
+                self.rows[index] = row
+        self.seconds = float(previous.get("seconds") or 0.0)
 
     @property
     def done(self) -> set[int]:
@@ -148,9 +205,19 @@ class Recorder:
 
     def result(self, status: str, error: str | None = None) -> dict[str, Any]:
         rows = [self.rows[i] for i in sorted(self.rows)]
+        diverged = [r["index"] for r in rows if r.get("diverged")]
+        warnings = [
+            f"image {i}: final residual {self.rows[i]['residual']:.4g} is far above the measurement's "
+            f"(limit {self.rows[i]['residual_limit']:.4g}): the output does not fit its measurement (a diverging "
+            "sampler: step size too large? too few steps, or an untrained model)"
+            for i in diverged
+        ]
+        if status == "ok" and diverged:
+            status = "diverged"
         return {
             "status": status,
             "error": error,
+            "warnings": warnings,
             **self.header,
             "num_finished": len(rows),
             "seconds": self.seconds,

@@ -1,7 +1,8 @@
 """``make prefetch``: on a machine with internet, download everything runs need, for offline use later.
 
-Fetches the LPIPS AlexNet backbone into ``$TORCH_HOME/hub/checkpoints/`` and every hub model named in
-``conf/model/*.yaml`` into the Hugging Face cache (``$HF_HOME``). Copy both folders to compute nodes.
+Fetches the LPIPS AlexNet backbone and the InceptionV3 FID weights (torch-fidelity's
+``weights-inception-2015-12-05-6726825d.pth``) into ``$TORCH_HOME/hub/checkpoints/`` and every hub model
+named in ``conf/model/*.yaml`` into the Hugging Face cache (``$HF_HOME``). Copy both folders to compute nodes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from diffexp.distribution import inception_weights_path
 from diffexp.metrics import lpips_backbone_path
 from diffexp.model import _download
 
@@ -31,6 +33,11 @@ def main() -> None:
 
     torchvision.models.alexnet(weights=torchvision.models.AlexNet_Weights.IMAGENET1K_V1)
     print(f"LPIPS backbone: {lpips_backbone_path()}")
+    from torch.hub import load_state_dict_from_url
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    load_state_dict_from_url(URL_INCEPTION_V3)  # saved as $TORCH_HOME/hub/checkpoints/<file name of the URL>
+    print(f"InceptionV3 FID weights: {inception_weights_path()}")
     for repo_id in hub_ids():
         print(f"{repo_id}: {_download(repo_id)}")
 

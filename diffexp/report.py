@@ -1,10 +1,11 @@
 """Sweep report: ``python -m diffexp.report <multirun dir>``.
 
 Reads every job's ``metrics.json`` and ``.hydra/overrides.yaml`` and writes, into the multirun dir,
-``summary.csv`` (one row per job, all numbers), ``summary.md`` (swept overrides → metrics, best row
-marked by ``optimized_metric``) and ``metric_vs_<key>.png`` (PSNR/SSIM/LPIPS against each numeric
-swept key, one line per combination of the other swept keys). A job that failed or died is a row with
-status ``failed`` and its error.
+``summary.csv`` (one row per job, all numbers), ``summary.md`` (one row per configuration: swept keys →
+mean ± std pooled over seeds and images, n; the best configuration by ``optimized_metric`` marked ★,
+diverged runs ⚠ and never best) and ``metric_vs_<key>.png`` (PSNR/SSIM/LPIPS against each numeric swept
+key, one line per combination of the other swept keys). ``seed`` is never a configuration key: seeds
+repeat a configuration. A job that failed or died is a row with status ``failed`` and its error.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ import csv
 import json
 import math
 from collections.abc import Sequence
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from matplotlib.figure import Figure
 
 PLOTTED = ("psnr", "ssim", "lpips")
 LOWER_IS_BETTER = ("lpips", "residual")
+REPEAT_KEYS = ("seed",)  # swept to repeat a configuration: pooled in the report, never a "best" value
 JOB_ERROR_FILE = "job_error.json"  # written by diffexp.callbacks.SweepReport when a job raises
 
 
@@ -79,11 +81,27 @@ def load_job(path: Path) -> Job:
     return Job(path.name, path, overrides, status, error, result)
 
 
+class NotASweepError(ValueError):
+    """The directory is not a Hydra multirun directory (or holds no job yet)."""
+
+
+def job_paths(sweep_dir: Path) -> list[Path]:
+    """The job directories (those with ``.hydra/overrides.yaml``) directly under ``sweep_dir``."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        return []
+    return [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
+
+
 def load_jobs(sweep_dir: Path) -> list[Job]:
     """Every job directory (one with ``.hydra/overrides.yaml``) directly under ``sweep_dir``, in job order."""
-    paths = [p for p in Path(sweep_dir).iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
+    paths = job_paths(sweep_dir)
     if not paths:
-        raise ValueError(f"{sweep_dir} holds no Hydra job directories (*/.hydra/overrides.yaml)")
+        hint = " (it is a single run's output directory)" if (Path(sweep_dir) / ".hydra").is_dir() else ""
+        raise NotASweepError(
+            f"{sweep_dir} is not a sweep directory{hint}: it holds no Hydra job directories "
+            "(*/.hydra/overrides.yaml); pass the directory of a `python run.py -m ...` multirun"
+        )
     return [load_job(p) for p in sorted(paths, key=_job_sort_key)]
 
 
@@ -93,20 +111,81 @@ def swept_keys(jobs: Sequence[Job]) -> list[str]:
     return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
 
 
+def config_keys(jobs: Sequence[Job]) -> list[str]:
+    """The swept keys that define a configuration: all but the repeat keys (``seed``)."""
+    return [k for k in swept_keys(jobs) if k not in REPEAT_KEYS]
+
+
 def optimized_metric(jobs: Sequence[Job]) -> str:
     """``optimized_metric`` of the sweep, from the first job's saved config (default psnr)."""
     config = yaml.safe_load((jobs[0].path / ".hydra" / "config.yaml").read_text()) or {}
     return str(config.get("optimized_metric", "psnr"))
 
 
-def metric_mean(job: Job, metric: str) -> float | None:
-    value = (job.result.get("metrics", {}).get(metric) or {}).get("mean")
-    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+@dataclass
+class Config:
+    """The jobs of one configuration (same values of the swept keys, any seed) and their pooled metrics."""
+
+    values: dict[str, str]
+    jobs: list[Job]
+
+    @property
+    def name(self) -> str:
+        return ",".join(job.name for job in self.jobs)
+
+    @property
+    def status(self) -> str:
+        """``ok`` when every job is; else the count of each status (``ok 2, diverged 1``)."""
+        counts = Counter(job.status for job in self.jobs)
+        return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{s} {n}" for s, n in counts.items())
+
+    @property
+    def eligible(self) -> bool:
+        """Only a configuration whose every run finished ``ok`` can be best (never a diverged one)."""
+        return all(job.status == "ok" for job in self.jobs)
+
+    def stats(self, metric: str, block: str = "metrics") -> dict[str, float | int | None]:
+        """Mean ± std of ``metric`` over the images of every finished seed, pooled, and n (images).
+
+        Per-image values from ``metrics.json`` when present; else each job's mean/std (population) and
+        image count, combined exactly: var = mean of (std² + mean²) − mean².
+        """
+        parts: list[tuple[float, float, int]] = []  # (mean, std, n) per job
+        for job in self.jobs:
+            if job.status not in ("ok", "diverged"):
+                continue
+            prefix = "" if block == "metrics" else "baseline_"
+            values = [row.get(prefix + metric) for row in job.result.get("per_image") or []]
+            if values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                mean = sum(values) / len(values)
+                parts.append((mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)), len(values)))
+                continue
+            stats = job.result.get(block, {}).get(metric) or {}
+            if stats.get("mean") is not None and math.isfinite(stats["mean"]):
+                n = int(job.result.get("num_finished") or job.result.get("num_images") or 1)
+                parts.append((stats["mean"], stats.get("std") or 0.0, n))
+        if not parts:
+            return {"mean": None, "std": None, "n": 0}
+        n = sum(p[2] for p in parts)
+        mean = sum(m * k for m, _, k in parts) / n
+        second = sum((sd**2 + m**2) * k for m, sd, k in parts) / n
+        return {"mean": mean, "std": math.sqrt(max(second - mean**2, 0.0)), "n": n}
 
 
-def best_job(jobs: Sequence[Job], metric: str) -> Job | None:
-    """The finished job with the best mean ``metric`` (lowest for LPIPS and residual), None if none has it."""
-    scored = [(metric_mean(j, metric), j) for j in jobs if j.status == "ok" and metric_mean(j, metric) is not None]
+def configurations(jobs: Sequence[Job]) -> list[Config]:
+    """The jobs grouped by the values of ``config_keys`` (seeds of one setting together), in job order."""
+    keys = config_keys(jobs)
+    groups: dict[tuple[str | None, ...], Config] = {}
+    for job in jobs:
+        values = {k: job.overrides.get(k) for k in keys}
+        groups.setdefault(tuple(values.values()), Config(values, [])).jobs.append(job)
+    return list(groups.values())
+
+
+def best_config(configs: Sequence[Config], metric: str) -> Config | None:
+    """The eligible configuration with the best pooled mean ``metric`` (lowest for LPIPS and residual)."""
+    scored = [(c.stats(metric)["mean"], c) for c in configs if c.eligible]
+    scored = [(value, c) for value, c in scored if value is not None]
     if not scored:
         return None
     pick = min if metric in LOWER_IS_BETTER else max
@@ -114,7 +193,8 @@ def best_job(jobs: Sequence[Job], metric: str) -> Job | None:
 
 
 def table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns and rows of ``summary.csv``: job, status, overrides, mean/std of metrics and baseline, timing."""
+    """Columns and rows of ``summary.csv``: one row per job (all numbers); ``best`` marks the jobs of the
+    best configuration (all of its seeds)."""
     keys = list(dict.fromkeys(k for job in jobs for k in job.overrides))
     swept = swept_keys(jobs)
     keys = swept + [k for k in keys if k not in swept]
@@ -122,7 +202,7 @@ def table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
     for block, prefix in (("metrics", ""), ("baseline", "baseline_")):
         names = dict.fromkeys(m for job in jobs for m in job.result.get(block, {}))
         stats += [f"{prefix}{m}_{s}" for m in names for s in ("mean", "std")]
-    best = best_job(jobs, optimized_metric(jobs))
+    best = best_config(configurations(jobs), optimized_metric(jobs))
     columns = ["job", "status", *keys, *stats, "nfe", "seconds_per_image", "num_finished", "best", "error"]
     rows = []
     for job in jobs:
@@ -131,10 +211,50 @@ def table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
             for m, values in job.result.get(block, {}).items():
                 row.update({f"{prefix}{m}_{s}": values.get(s) for s in ("mean", "std")})
         row.update({k: job.result.get(k) for k in ("nfe", "seconds_per_image", "num_finished")})
-        row["best"] = job is best
+        row["best"] = best is not None and job in best.jobs
         row["error"] = job.error
         rows.append(row)
     return columns, rows
+
+
+def config_table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
+    """One row per configuration, for W&B: swept values as numbers where they are, pooled mean/std/n of
+    each metric and of the baseline, seeds, status, best."""
+    configs = configurations(jobs)
+    best = best_config(configs, optimized_metric(jobs))
+    metrics = list(dict.fromkeys(m for job in jobs for m in job.result.get("metrics", {})))
+    baseline = list(dict.fromkeys(m for job in jobs for m in job.result.get("baseline", {})))
+    keys = config_keys(jobs)
+    columns = ["jobs", "status", *keys, "seeds", *[f"{m}_{s}" for m in metrics for s in ("mean", "std")],
+               *[f"baseline_{m}_mean" for m in baseline], "n", "nfe", "seconds_per_image", "best"]
+    rows = []
+    for config in configs:
+        row: dict[str, Any] = {"jobs": config.name, "status": config.status}
+        row.update({k: typed(v) for k, v in config.values.items()})
+        row["seeds"] = len(config.jobs)
+        for m in metrics:
+            stats = config.stats(m)
+            row.update({f"{m}_mean": stats["mean"], f"{m}_std": stats["std"]})
+            row["n"] = max(row.get("n", 0), stats["n"])
+        row.update({f"baseline_{m}_mean": config.stats(m, "baseline")["mean"] for m in baseline})
+        done = [job.result for job in config.jobs if job.result]
+        row["nfe"] = done[0].get("nfe") if done else None
+        times = [r["seconds_per_image"] for r in done if isinstance(r.get("seconds_per_image"), (int, float))]
+        row["seconds_per_image"] = sum(times) / len(times) if times else None
+        row["best"] = config is best
+        rows.append(row)
+    return columns, rows
+
+
+def typed(value: str | None) -> Any:
+    """An override value as W&B should chart it: a number or bool when it is one (``"0.3"`` → 0.3, ``"4"`` → 4,
+    ``"False"`` → False), else the string."""
+    if value is not None and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    number = as_number(value)
+    if number is None or value is None:
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
 
 
 def _fmt(value: Any) -> str:
@@ -159,43 +279,58 @@ def _mean_std(stats: dict[str, float | None]) -> str:
 
 
 def markdown(jobs: Sequence[Job]) -> str:
-    """The Markdown summary: constant overrides, then one row per job (swept keys → mean ± std)."""
-    swept = swept_keys(jobs)
+    """The Markdown summary: constant overrides, then one row per configuration (swept keys → pooled mean ±
+    std over seeds and images, n); ★ on the best configuration, ⚠ on diverged runs."""
+    swept, keys = swept_keys(jobs), config_keys(jobs)
     constant = {k: v for k, v in jobs[0].overrides.items() if k not in swept}
     metric = optimized_metric(jobs)
-    best = best_job(jobs, metric)
+    configs = configurations(jobs)
+    best = best_config(configs, metric)
     metrics = list(dict.fromkeys(m for job in jobs for m in job.result.get("metrics", {})))
+    seeds = [k for k in swept if k in REPEAT_KEYS]
     lines = [f"# Sweep {jobs[0].path.parent.name}", ""]
     if constant:
         lines += ["Fixed: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in constant.items()), ""]
-    header = ["", "job", "status", *swept, *metrics, "nfe", "s/image", "error"]
+    if seeds:
+        lines += [f"Pooled over {', '.join(seeds)} (mean ± std over seeds and images; n images).", ""]
+    header = ["", "job", "status", *keys, *metrics, "n", "nfe", "s/image", "error"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for job in jobs:
-        cells = [_mean_std(job.result.get("metrics", {}).get(m) or {}) for m in metrics]
+    for config in configs:
+        stats = {m: config.stats(m) for m in metrics}
+        first = next((job.result for job in config.jobs if job.result), {})
+        errors = "; ".join(dict.fromkeys(job.error for job in config.jobs if job.error))
+        diverged = any(job.status == "diverged" for job in config.jobs)
         row = [
-            "★" if job is best else "", job.name, job.status, *[_override(job.overrides.get(k)) for k in swept],
-            *cells, _fmt(job.result.get("nfe")), _fmt(job.result.get("seconds_per_image")), _fmt(job.error),
+            "★" if config is best else "⚠" if diverged else "", config.name, config.status,
+            *[_override(config.values.get(k)) for k in keys], *[_mean_std(stats[m]) for m in metrics],
+            _fmt(max((s["n"] for s in stats.values()), default=0) or None), _fmt(first.get("nfe")),
+            _fmt(first.get("seconds_per_image")), _fmt(errors or None),
         ]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    if any(job.status == "diverged" for job in jobs):
+        lines += ["⚠ diverged: the final data residual is far above the measurement's (see metrics.json "
+                  "`warnings`); such runs are never best.", ""]
     direction = "lowest" if metric in LOWER_IS_BETTER else "highest"
     if best is None:
-        lines.append(f"No finished job has a {metric} value.")
+        lines.append(f"No configuration with every run ok has a {metric} value.")
     else:
-        chosen = ", ".join(f"{k}={_override(best.overrides.get(k))}" for k in swept) or "all jobs alike"
-        lines.append(f"★ best ({direction} mean {metric}): job {best.name} ({chosen}): {metric_mean(best, metric):.4g}")
+        chosen = ", ".join(f"{k}={_override(best.values.get(k))}" for k in keys) or "all jobs alike"
+        what = f"jobs {best.name}" if len(best.jobs) > 1 else f"job {best.name}"
+        lines.append(f"★ best ({direction} mean {metric}): {what} ({chosen}): {best.stats(metric)['mean']:.4g}")
     return "\n".join(lines) + "\n"
 
 
 def series(jobs: Sequence[Job], key: str, metric: str) -> dict[str, list[tuple[float, float]]]:
-    """Points (value of ``key``, mean ``metric``) of the finished jobs, one series per other swept key combo."""
-    others = [k for k in swept_keys(jobs) if k != key]
+    """Points (value of ``key``, pooled mean ``metric``) of the configurations whose runs all finished ok,
+    one series per combination of the other swept keys (seeds pooled)."""
+    others = [k for k in config_keys(jobs) if k != key]
     out: dict[str, list[tuple[float, float]]] = {}
-    for job in jobs:
-        x, y = as_number(job.overrides.get(key)), metric_mean(job, metric)
-        if job.status != "ok" or x is None or y is None:
+    for config in configurations(jobs):
+        x, y = as_number(config.values.get(key)), config.stats(metric)["mean"]
+        if not config.eligible or x is None or y is None:
             continue
-        label = ", ".join(f"{k}={job.overrides.get(k)}" for k in others) or "all"
+        label = ", ".join(f"{k}={config.values.get(k)}" for k in others) or "all"
         out.setdefault(label, []).append((x, y))
     return {label: sorted(points) for label, points in out.items()}
 
@@ -206,6 +341,8 @@ def plot(jobs: Sequence[Job], key: str, path: Path) -> bool:
     panels = [(m, s) for m, s in panels if s]
     if not panels:
         return False
+    from matplotlib.figure import Figure  # imported here: the CLI imports this module and must start fast
+
     fig = Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
     xs = [x for _, s in panels for points in s.values() for x, _ in points]
     for ax, (metric, lines) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
@@ -222,8 +359,24 @@ def plot(jobs: Sequence[Job], key: str, path: Path) -> bool:
     return True
 
 
-def write_report(sweep_dir: Path) -> tuple[list[Path], list[str], list[dict[str, Any]]]:
-    """Write summary.csv, summary.md and the plots into ``sweep_dir``; returns (files, columns, rows)."""
+@dataclass
+class Report:
+    """What ``write_report`` wrote and what the W&B report run logs."""
+
+    sweep_dir: Path
+    files: list[Path]
+    columns: list[str]  # of the configuration table (one row per configuration, seeds pooled)
+    rows: list[dict[str, Any]]
+    metric: str  # optimized_metric
+    keys: list[str]  # the configuration keys (swept, seed excluded)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return next((row for row in self.rows if row["best"]), None)
+
+
+def write_report(sweep_dir: Path) -> Report:
+    """Write summary.csv (one row per job), summary.md (one row per configuration) and the plots."""
     sweep_dir = Path(sweep_dir)
     jobs = load_jobs(sweep_dir)
     columns, rows = table(jobs)
@@ -235,11 +388,24 @@ def write_report(sweep_dir: Path) -> tuple[list[Path], list[str], list[dict[str,
     md_path = sweep_dir / "summary.md"
     md_path.write_text(markdown(jobs))
     files = [csv_path, md_path]
-    for key in swept_keys(jobs):
+    for key in config_keys(jobs):
         png = sweep_dir / f"metric_vs_{key.replace('/', '_')}.png"
         if plot(jobs, key, png):
             files.append(png)
-    return files, columns, rows
+    config_columns, config_rows = config_table(jobs)
+    return Report(sweep_dir, files, config_columns, config_rows, optimized_metric(jobs), config_keys(jobs))
+
+
+def headline(report: Report, max_rows: int = 10) -> str:
+    """The top of ``summary.md`` for the console: its first ``max_rows`` table rows and the best line."""
+    lines = (report.sweep_dir / "summary.md").read_text().splitlines()
+    table_rows = [i for i, line in enumerate(lines) if line.startswith("|")]
+    shown = lines[: table_rows[min(len(table_rows), max_rows + 2) - 1] + 1] if table_rows else lines
+    if len(table_rows) > max_rows + 2:
+        shown.append(f"| ... {len(table_rows) - max_rows - 2} more rows in {report.sweep_dir / 'summary.md'} |")
+        shown += [lines[i] for i in table_rows[max_rows + 2 :] if lines[i].startswith("| ★")]
+    shown += [line for line in lines[len(shown):] if line.startswith(("★", "⚠", "No configuration"))]
+    return "\n".join(shown)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -251,15 +417,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--wandb-mode", default="auto", help="auto (default), online, offline")
     parser.add_argument("--wandb-init-timeout", type=float, default=30.0, help="seconds before offline fallback")
     args = parser.parse_args(argv)
-    files, columns, rows = write_report(args.sweep_dir)
-    for path in files:
+    try:
+        report = write_report(args.sweep_dir)
+    except NotASweepError as err:
+        parser.exit(2, f"{parser.prog}: {err}\n")
+    for path in report.files:
         print(path)
+    print(headline(report))
     if args.wandb_project:
         from diffexp.loggers.wandb import log_report  # imports wandb, only when asked
 
         log_report(
-            args.sweep_dir, files, columns, rows, project=args.wandb_project, entity=args.wandb_entity,
-            group=args.wandb_group, mode=args.wandb_mode, init_timeout=args.wandb_init_timeout,
+            report, project=args.wandb_project, entity=args.wandb_entity, group=args.wandb_group,
+            mode=args.wandb_mode, init_timeout=args.wandb_init_timeout,
         )
 
 

@@ -2,13 +2,17 @@
 
 ``python -m diffexp.train data.path=DIR`` (config ``conf/train.yaml``). AdamW with warm-up and cosine
 decay, EMA weights, periodic checkpoints that ``resume=true`` continues exactly (model, optimizer,
-EMA, step, RNG), W&B logging, and a diffusers folder with a model card at the end.
+EMA, step, RNG), W&B logging (one run per output directory, continued on resume), and a diffusers folder
+with a model card at the end. Trains on a GPU when there is one (``device=auto``); ``dtype=bfloat16``
+autocasts the UNet's forward pass. Batches and noise are drawn on the CPU, so a run's data order and
+noise do not depend on the device.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -25,13 +29,18 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from diffexp.cli import clean_errors
 from diffexp.data import folder, from_unit, read_idx
+from diffexp.errors import ConfigError
+from diffexp.experiment import resolve_device
 from diffexp.images import make_grid
+from diffexp.loggers.wandb import init_run, remember_run, run_id
 from diffexp.model import DiffusionModel
 from diffexp.samplers.ddpm import ddpm
 from diffexp.schedule import respaced_timesteps
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # float16 would need loss scaling
 
 
 def load_training_images(path: str, channels: int, size: int) -> tuple[Tensor, str]:
@@ -51,9 +60,10 @@ def load_training_images(path: str, channels: int, size: int) -> tuple[Tensor, s
 
 @torch.no_grad()
 def sample_grid(unet: UNet2DModel, scheduler: DDPMScheduler, n: int, steps: int, seed: int) -> Image.Image:
-    model = DiffusionModel(unet, scheduler)
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    x = torch.stack([torch.randn(model.image_shape, generator=g) for g in gens])
+    device = next(unet.parameters()).device
+    model = DiffusionModel(unet, scheduler).to(device)
+    gens = [torch.Generator(device=device).manual_seed(seed + i) for i in range(n)]
+    x = torch.stack([torch.randn(model.image_shape, generator=g, device=device) for g in gens])
     x = ddpm(model, x, timesteps=respaced_timesteps(model.num_train_timesteps, steps), generators=gens)
     unet.train().requires_grad_(True)
     return make_grid(x, nrow=int(np.ceil(np.sqrt(n))))
@@ -85,49 +95,66 @@ A small ε-prediction DDPM (Ho et al. 2020) UNet trained with `python -m diffexp
     (out / "README.md").write_text(text)
 
 
+def train_device(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
+    """``device`` (auto: cuda, then mps, then cpu) and ``dtype`` (float32 | bfloat16) of the training run."""
+    if cfg.dtype not in DTYPES:
+        raise ConfigError([f"dtype={cfg.dtype!r} is invalid: allowed {', '.join(DTYPES)} (float16 would need "
+                           "loss scaling)"])
+    return resolve_device(str(cfg.device)), DTYPES[cfg.dtype]
+
+
 def train(cfg: DictConfig) -> dict:
     """Train, checkpoint and export; returns a summary (steps, final loss, minutes)."""
     out_dir = Path(cfg.export_dir).parent
+    device, dtype = train_device(cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     images, data_desc = load_training_images(cfg.data.path, cfg.data.channels, cfg.data.size)
     torch.manual_seed(cfg.seed)
-    unet: UNet2DModel = instantiate(cfg.unet, _convert_="all")
+    unet: UNet2DModel = instantiate(cfg.unet, _convert_="all").to(device)
     scheduler: DDPMScheduler = instantiate(cfg.scheduler, _convert_="all")
     ema = EMAModel(unet.parameters(), decay=cfg.ema.decay, use_ema_warmup=True, power=cfg.ema.power)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
     g_data = torch.Generator().manual_seed(cfg.seed)
     g_noise = torch.Generator().manual_seed(cfg.seed + 1)
-    ab = scheduler.alphas_cumprod.float()
+    ab = scheduler.alphas_cumprod.float().to(device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     step, losses, elapsed = 0, [], 0.0
     if cfg.resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"resume=true but there is no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location="cpu")  # RNG states stay CPU tensors
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
+        ema.to(device)
         opt.load_state_dict(state["opt"])
         lr_sched.load_state_dict(state["lr_sched"])
         g_data.set_state(state["rng"]["data"])
         g_noise.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
         step, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-    run = wandb.init(
-        mode=cfg.wandb.mode, project=cfg.wandb.project, entity=cfg.wandb.entity, dir=str(out_dir),
-        job_type="train", config=OmegaConf.to_container(cfg, resolve=True),
+    wandb_id, resume = run_id(out_dir, resume=bool(cfg.resume))
+    run = init_run(
+        mode=cfg.wandb.mode, init_timeout=cfg.wandb.init_timeout, directory=out_dir, id=wandb_id, resume=resume,
+        project=cfg.wandb.project, entity=cfg.wandb.entity, job_type="train",
+        config=OmegaConf.to_container(cfg, resolve=True),
     )
+    remember_run(run, out_dir)
     try:
         unet.train()
         start = time.time() - elapsed
         for step in tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc="train"):
             idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g_data)
-            x0 = images[idx]
+            x0 = images[idx].to(device)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g_noise)
-            noise = torch.randn(x0.shape, generator=g_noise)
+            noise = torch.randn(x0.shape, generator=g_noise).to(device)
+            t = t.to(device)
             a = ab[t].view(-1, 1, 1, 1)
-            loss = F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample, noise)
+            with autocast:
+                pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample
+            loss = F.mse_loss(pred.float(), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
@@ -166,7 +193,8 @@ def train(cfg: DictConfig) -> dict:
         sample_grid(unet, scheduler, cfg.num_card_samples, cfg.card_sample_steps, cfg.seed).save(export / "samples.png")
         info = {
             "data": data_desc, "params": sum(p.numel() for p in unet.parameters()), "steps": cfg.steps,
-            "final_loss": float(np.mean(losses[-100:])), "minutes": minutes, "device": "CPU",
+            "final_loss": float(np.mean(losses[-100:])), "minutes": minutes,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper(),
         }
         write_card(export, cfg, info)
         run.summary.update(info)
@@ -178,7 +206,7 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> None:
-    train(cfg)
+    clean_errors(lambda: train(cfg))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Start-up checks: every setting validated before any compute, with a message naming key, value and rule.
 
-``validate(cfg)`` runs first in ``run`` and needs nothing but the config: missing values, unknown keys
-(each ``_target_`` group is checked against its function's signature) and every numeric setting.
-``validate_model`` adds the checks that need the loaded model (T, image size), before data or sampling;
+``config_problems(cfg)`` runs first in ``run`` and needs nothing but the config: missing values, unknown
+keys (each ``_target_`` group is checked against its function's signature), every numeric setting and
+input paths. ``model_problems`` adds the checks that need the loaded model (T, image size); ``run`` reports
+both lists together, before any output is written. ``validate(cfg)`` raises on the first list alone;
 ``validate_data`` checks what a data loader returned.
 """
 
@@ -13,12 +14,15 @@ import json
 import math
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from diffexp.distribution import FEATURES as FID_FEATURES
+from diffexp.errors import ConfigError
 from diffexp.operators.blur import KERNELS
 from diffexp.operators.inpaint import MASKS
 from diffexp.operators.super_resolution import DOWNSAMPLERS
@@ -37,6 +41,7 @@ TOP_LEVEL_KEYS = (
     "num_images",
     "batch_size",
     "resume",
+    "overwrite",
     "optimized_metric",
     "output_dir",
     "metrics",
@@ -52,14 +57,6 @@ PROVIDED_BY_RUN = {
     "sampler": ("model", "x", "timesteps", "generators", "y", "operator", "callback"),
     "task.operator": ("image_shape", "generators"),
 }
-
-
-class ConfigError(ValueError):
-    """Settings that ``run`` cannot use; the message lists every bad key with its value and what is allowed."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(dict.fromkeys(problems))  # task.sigma_y is also checked as task.operator.sigma_y
-        super().__init__("invalid configuration:\n  " + "\n  ".join(self.problems))
 
 
 def _is_int(v: Any) -> bool:
@@ -86,11 +83,20 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("batch_size", _int_at_least(1), "an integer >= 1"),
     ("seed", _int_at_least(0), "an integer >= 0"),
     ("resume", *BOOL),
+    ("overwrite", *BOOL),
     ("optimized_metric", *_one_of(METRICS)),
+    ("data.offset", _int_at_least(0), "an integer >= 0"),
     ("sampler.num_steps", _int_at_least(1), "an integer >= 1 (and <= the model's T)"),
     ("sampler.t_start", lambda v: v is None or _is_int(v) and v >= 0, "null or an integer >= 0 (and < the model's T)"),
     ("sampler.step_size", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     ("sampler.eta", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    ("sampler.corrector_steps", _int_at_least(0), "an integer >= 0"),
+    ("sampler.corrector_size", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    ("sampler.lam", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    ("sampler.zeta", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("sampler.ode_steps", _int_at_least(1), "an integer >= 1"),
+    ("sampler.langevin_steps", _int_at_least(0), "an integer >= 0"),
+    ("sampler.tau", lambda v: v is None or _is_number(v) and v >= 0, "null (task.sigma_y) or a finite number >= 0"),
     ("sampler.clip_denoised", lambda v: v is None or isinstance(v, bool), "null, true or false"),
     ("task.sigma_y", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
     ("task.sdedit", *BOOL),
@@ -121,6 +127,10 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("logger.init_timeout", lambda v: _is_number(v) and v > 0, "a finite number of seconds > 0"),
     ("metrics.lpips", *BOOL),
     ("metrics.lpips_required", *BOOL),
+    ("metrics.fid", *BOOL),
+    ("metrics.fid_required", *BOOL),
+    ("metrics.fid_features", *_one_of(FID_FEATURES)),
+    ("metrics.reference", lambda v: v is None or isinstance(v, str) and v != "", "null or a folder path"),
 ]
 
 
@@ -199,51 +209,85 @@ def _unknown_keys(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` listing every missing value, unknown key and out-of-range setting."""
+def _path_problems(cfg: DictConfig) -> list[str]:
+    """Input folders named in the config (``data.path``) must exist."""
+    path = OmegaConf.select(cfg, "data.path", default=None)
+    if not isinstance(path, str):
+        return []
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        return [f"data.path={path!r}: no such folder"]
+    if not folder.is_dir():
+        return [f"data.path={path!r} is a file; allowed: a folder of PNG/JPEG images"]
+    return []
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    """Every missing value, unknown key, out-of-range setting and missing input path (empty: all good)."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise ConfigError(
-            [f"{key}: missing value (???); set it on the command line, e.g. {key}=..." for key in missing]
-        )
+        return [f"{key}: missing value (???); set it on the command line, e.g. {key}=..." for key in missing]
     problems = _unknown_keys(cfg)
     for key, ok, allowed in RULES:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not ok(value):
             problems.append(f"{_source_key(cfg, key)}={value!r} is invalid: allowed is {allowed}")
+    return problems + _path_problems(cfg)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` listing every problem ``config_problems`` finds."""
+    problems = config_problems(cfg)
     if problems:
         raise ConfigError(problems)
 
 
-def validate_model(cfg: DictConfig, model: Any) -> None:
+def peek_num_train_timesteps(model_cfg: DictConfig) -> int | None:
+    """The model's T without loading it: from ``scheduler_config.json`` of a local model folder (root or
+    ``scheduler/``), 1000 for ``model=tiny``; None when it cannot be known without loading."""
+    if str(model_cfg.get("_target_", "")).endswith(".tiny_model"):
+        return 1000
+    path = OmegaConf.select(model_cfg, "pretrained", default=None)
+    if not isinstance(path, str):
+        return None
+    folder = Path(path).expanduser()
+    for candidate in (folder / "scheduler_config.json", folder / "scheduler" / "scheduler_config.json"):
+        if candidate.is_file():
+            try:
+                return int(json.loads(candidate.read_text()).get("num_train_timesteps", 1000))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                return None
+    return None
+
+
+def model_problems(cfg: DictConfig, model: Any) -> list[str]:
     """Checks that need the loaded model: 1 <= num_steps <= T, t_start < T, operator sizes vs the image."""
     T, size = model.num_train_timesteps, model.sample_size
     problems = []
     unet_size = model.unet.config.sample_size
     if isinstance(unet_size, (tuple, list)) and len(set(unet_size)) != 1:
         problems.append(f"model: sample_size={list(unet_size)} is not square; diffexp supports square images only")
-    if cfg.sampler.num_steps > T:
+    if _is_int(cfg.sampler.num_steps) and cfg.sampler.num_steps > T:
         problems.append(f"sampler.num_steps={cfg.sampler.num_steps} is invalid: allowed is 1..{T} (the model's T)")
     t_start = cfg.sampler.get("t_start")
-    if t_start is not None and t_start >= T:
+    if _is_int(t_start) and t_start >= T:
         problems.append(f"sampler.t_start={t_start} is invalid: allowed is null or 0..{T - 1} (the model's T - 1)")
     op = cfg.task.get("operator")
     if op is not None:
-        if "kernel_size" in op and op.kernel_size // 2 >= size:
+        if _is_int(op.get("kernel_size")) and op.kernel_size // 2 >= size:
             problems.append(
                 f"task.operator.kernel_size={op.kernel_size} is invalid: allowed is an odd integer <= {2 * size - 1} "
                 f"for {size}x{size} images (reflect padding)"
             )
-        if op.get("mask") == "box" and op.box_size > size:
+        if op.get("mask") == "box" and _is_int(op.get("box_size")) and op.box_size > size:
             problems.append(
                 f"task.operator.box_size={op.box_size} is invalid: allowed is 1..{size} for {size}x{size} images"
             )
-        if "factor" in op and size % op.factor:
+        if _is_int(op.get("factor")) and op.factor >= 1 and size % op.factor:
             problems.append(
                 f"task.operator.factor={op.factor} is invalid: allowed is a divisor of the image size {size}"
             )
-    if problems:
-        raise ConfigError(problems)
+    return problems
 
 
 def validate_data(images: torch.Tensor, cfg: DictConfig, shape: tuple[int, int, int]) -> None:

@@ -19,13 +19,14 @@ FAST = ["model=tiny", "data=synthetic", "logger=none", "num_images=2", "batch_si
 
 
 @pytest.fixture(autouse=True)
-def _offline_wandb(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _offline_services(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     base = tmp_path_factory.mktemp("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR"):
         monkeypatch.setenv(var, str(base / var.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test touches the network (CLI subprocesses inherit these)
+    monkeypatch.setenv("HF_HOME", str(base / "hf_home"))  # nor a developer's Hugging Face cache
 
 
 def make_cfg(overrides: list[str], out_dir: Path) -> DictConfig:
@@ -59,18 +60,24 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def torch_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A TORCH_HOME holding an AlexNet LPIPS backbone file (random weights: nothing is downloaded)."""
-    import torch
+@pytest.fixture(scope="session")
+def _lpips_backbone_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TORCH_HOME holding an AlexNet LPIPS backbone file (random weights, 244 MB): written once per session."""
     import torchvision
 
     from diffexp.metrics import LPIPS_BACKBONE
 
     home = tmp_path_factory.mktemp("torch_home")
-    monkeypatch.setenv("TORCH_HOME", str(home))
     checkpoints = home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet().state_dict(), checkpoints / LPIPS_BACKBONE)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.alexnet().state_dict(), checkpoints / LPIPS_BACKBONE)
     return home
+
+
+@pytest.fixture
+def torch_home(_lpips_backbone_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TORCH_HOME pointing at the session's AlexNet stand-in (nothing is downloaded); tests must not write to it."""
+    monkeypatch.setenv("TORCH_HOME", str(_lpips_backbone_home))
+    return _lpips_backbone_home

@@ -28,6 +28,7 @@ TINY = [
     "--gen-steps", "2", "--gen-batch", "1", "--dps-steps", "2", "--dps-images", "1",
     "--scaling-steps", "1", "--scaling-batches", "1", "2", "--quality-steps", "1", "2", "--quality-images", "1",
     "--quality-tasks", "deblur", "--memory-batch", "1", "--memory-steps", "1",
+    "--fast-images", "1", "--fast-steps", "2",
 ]  # batch 1 for memory: three fresh worker processes in all (the slow part), the ddpm one shared
 KEYS = {"name", "title", "setup", "columns", "rows", "summary", "notes", "machine", "settings", "seconds"}
 MACHINE = {"cpu", "cpu_cores", "torch_threads", "torch", "diffusers", "device", "date"}
@@ -124,9 +125,17 @@ def test_official_dps_loop_equals_diffexp_dps_at_batch_1() -> None:
     torch.testing.assert_close(official, ours, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(("sampler", "task", "expected"), [("dps", "deblur", "5.0"), ("scoreald", "inpaint", "1.5")])
+@pytest.mark.parametrize(
+    ("sampler", "task", "expected", "nfe"),
+    [
+        ("dps", "deblur", "step_size 5", 200),
+        ("scoreald", "inpaint", "step_size 4, corrector_steps 0", 200),
+        ("diffpir", "deblur", "lam 1, zeta 1", 100),
+        ("daps", "deblur", "step_size 0.5, ode_steps 1", 100),
+    ],
+)
 def test_defaults_table_reports_the_resolved_per_task_step_size(
-    tmp_path: Path, sampler: str, task: str, expected: str
+    tmp_path: Path, sampler: str, task: str, expected: str, nfe: int
 ) -> None:
     """``make table``'s rows name the step size the job really used: the task's default, resolved from the
     saved ``.hydra/config.yaml`` (where it is the ``${oc.select:task.step_size...}`` interpolation)."""
@@ -137,8 +146,8 @@ def test_defaults_table_reports_the_resolved_per_task_step_size(
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"task={task}", f"sampler={sampler}"]))
     (job / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     stats = {"psnr": {"mean": 25.0, "std": 1.0}, "ssim": {"mean": 0.9, "std": 0.01}}
-    result = {"status": "ok", "task": task, "sampler": sampler, "seconds_per_image": 2.0,
+    result = {"status": "ok", "task": task, "sampler": sampler, "seconds_per_image": 2.0, "nfe": nfe,
               "metrics": stats, "baseline": {"psnr": {"mean": 15.0, "std": 0.5}}}
     (job / "metrics.json").write_text(json.dumps(result))
     row = defaults_table.table(tmp_path).splitlines()[2]
-    assert row == f"| {task} | {sampler} | {expected} | 25.00 ± 1.00 | 0.900 ± 0.010 | — | 2.00 | 15.00 ± 0.50 |"
+    assert row == f"| {task} | {sampler} | {expected} | 25.00 ± 1.00 | 0.900 ± 0.010 | — | {nfe} | 2.00 | 15.00 ± 0.50 |"

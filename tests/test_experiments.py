@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from diffexp.validate import validate
-from tests.conftest import CONF, make_cfg
+from conftest import CONF, make_cfg
 
 PAPER = {
     "dps_paper_deblur": ("deblur", {"kernel": "gaussian", "kernel_size": 61, "std": 3.0}, 0.3),

@@ -1,4 +1,5 @@
-"""DPS and ScoreALD steps against their equations (finite differences) and batch invariance."""
+"""The DPS step against its equation (finite differences), and batch invariance of DPS and ScoreALD
+(ScoreALD's and the other guided samplers' equations: tests/test_samplers.py)."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from diffusers import DDPMScheduler
 
 from diffexp.model import DiffusionModel, tiny_unet
 from diffexp.operators.blur import Blur
-from diffexp.samplers.dps import dps
+from diffexp.samplers.dps import dps, safe_norm
 from diffexp.samplers.scoreald import scoreald
 from diffexp.schedule import respaced_timesteps
 
@@ -45,20 +46,30 @@ def test_dps_step_is_zeta_times_gradient_of_unsquared_per_image_norm(setup) -> N
         assert (grad * vi).sum().item() == pytest.approx(fd.item(), rel=1e-4, abs=1e-8)
 
 
-def test_scoreald_step_matches_its_documented_equation(setup) -> None:
-    model, op, x, y = setup
-    eta = 0.5
-    out = scoreald(model, x, timesteps=torch.tensor([T]), generators=[torch.Generator()] * 2, y=y, operator=op,
-                   step_size=eta)
-    ab = model.alphas_cumprod[T]
-    gamma2 = (1 - ab) / ab
+def test_dps_step_is_finite_and_zero_when_the_residual_is_exactly_zero(setup) -> None:
+    """σ_y = 0 and a perfect fit: ‖y − A(x̂0)‖ = 0, where the norm's gradient r/‖r‖ would be 0/0 = NaN."""
+    model, op, x, _ = setup
+    grid = torch.tensor([T])
     with torch.no_grad():
-        step = model.x0(x, T) - out
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    h = lambda z: ((op(z / ab.sqrt()) - y) ** 2).sum()  # noqa: E731
-    fd = _directional(h, x, v)
-    expected = eta * (1 - ab) / (2 * (op.sigma_y**2 + gamma2)) * fd
-    assert (step * v).sum().item() == pytest.approx(expected.item(), rel=1e-6)
+        y = op(model.x0(x, T))  # DPS recomputes exactly this x̂0 (no clipping: clip_sample=False)
+    out = dps(model, x, timesteps=grid, generators=[torch.Generator()] * 2, y=y, operator=op, step_size=0.3)
+    with torch.no_grad():
+        assert torch.equal(out, model.x0(x, T))  # a zero (sub)gradient: the step is x̂0 itself
+
+
+def test_safe_norm_equals_the_norm_and_its_gradient_away_from_zero() -> None:
+    r = torch.randn(3, 5, dtype=torch.float64)
+    r[1] = 0
+    leaf = r.clone().requires_grad_(True)
+    norm = safe_norm(leaf)
+    (grad,) = torch.autograd.grad(norm.sum(), leaf)
+    assert torch.equal(norm, r.norm(dim=1))
+    assert torch.equal(grad[1], torch.zeros(5, dtype=torch.float64))
+    torch.testing.assert_close(grad[[0, 2]], r[[0, 2]] / r[[0, 2]].norm(dim=1, keepdim=True))
+
+
+def test_dps_declares_that_it_backpropagates_through_the_unet() -> None:
+    assert dps.guided and dps.needs_unet_grad
 
 
 @pytest.mark.parametrize("sampler", [dps, scoreald])

@@ -1,16 +1,21 @@
 """The model wrapper (ε, x̂0, score for every prediction type) and loading from folders and the hub."""
 
+import socket
 import time
 from pathlib import Path
+from typing import Any
 
+import huggingface_hub
 import pytest
 import torch
+from conftest import CONF, cli
 from diffusers import DDPMScheduler, UNet2DModel
+from huggingface_hub.errors import LocalEntryNotFoundError
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+import diffexp.model
 from diffexp.model import DiffusionModel, load_pretrained, tiny_unet
-from tests.conftest import CONF, cli
 
 # Architectures of the hub checkpoints (diffusers configs of the google/ddpm-* repositories).
 CIFAR10 = dict(
@@ -78,26 +83,110 @@ def test_folder_without_weights_names_the_folder(tmp_path: Path) -> None:
         load_pretrained(str(tmp_path))
 
 
-def test_hub_id_offline_fails_fast_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")
-    start = time.monotonic()
-    with pytest.raises(RuntimeError, match=r"google/ddpm-cifar10-32.*no network/hub access.*model.pretrained=DIR"):
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every DNS lookup or socket connection in this process fails, and is recorded: a test that would
+    reach the network fails instead of downloading."""
+    attempts: list[str] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        attempts.append(repr(args[:2]))
+        raise OSError("network access is disabled in the tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    return attempts
+
+
+def fake_hub(monkeypatch: pytest.MonkeyPatch, *, cached: Path | None = None, network_error: bool = False) -> list[bool]:
+    """Replace ``huggingface_hub.snapshot_download``: its cache holds ``cached`` (or nothing); a download
+    raises a network error when ``network_error``, else fails the test. Returns each call's local_files_only."""
+    calls: list[bool] = []
+
+    def snapshot_download(repo_id: str, *, local_files_only: bool = False, **kwargs: Any) -> str:
+        calls.append(local_files_only)
+        if local_files_only:
+            if cached is None:
+                raise LocalEntryNotFoundError(f"{repo_id} is not in the cache")
+            return str(cached)
+        if network_error:
+            raise ConnectionError("hub unreachable (test double)")
+        pytest.fail(f"a download of {repo_id} was started")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(diffexp.model, "snapshot_download", snapshot_download, raising=False)
+    return calls
+
+
+HUB_ERROR = r"google/ddpm-cifar10-32.*no network/hub access.*model.pretrained=DIR"
+
+
+def test_hub_id_with_hub_offline_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    """HF_HUB_OFFLINE=1 (conftest sets it for every test) and not cached: an error naming the id, no connection."""
+    calls = fake_hub(monkeypatch)
+    with pytest.raises(RuntimeError, match=HUB_ERROR):
         load_pretrained("google/ddpm-cifar10-32")
-    assert time.monotonic() - start < 60  # a guard against retry hangs, not a benchmark
+    assert calls == [True] and no_network == []
 
 
-@pytest.mark.parametrize("name", ["ddpm_cifar10", pytest.param("ddpm_celebahq", marks=pytest.mark.slow),
-                                  pytest.param("ddpm_church", marks=pytest.mark.slow),
-                                  pytest.param("ddpm_cat", marks=pytest.mark.slow)])
-def test_hub_config_architecture_round_trips(tmp_path: Path, name: str) -> None:
-    repo, arch, params, sched_kwargs = HUB[name]
+def test_hub_id_with_unreachable_hub_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    """Not offline, not cached, and the hub does not answer (connections refused here): no download is tried."""
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = fake_hub(monkeypatch)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=HUB_ERROR):
+        load_pretrained("google/ddpm-cifar10-32")
+    assert calls == [True] and no_network, "the reachability check should have tried (and failed) to connect"
+    assert time.monotonic() - start < 30  # a guard against retry hangs, not a benchmark
+
+
+def test_hub_error_during_download_is_named(monkeypatch: pytest.MonkeyPatch, no_network: list[str]) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(diffexp.model, "_hub_reachable", lambda *args, **kwargs: True)
+    calls = fake_hub(monkeypatch, network_error=True)
+    with pytest.raises(RuntimeError, match=HUB_ERROR.replace("access", "access; ConnectionError")):
+        load_pretrained("google/ddpm-cifar10-32")
+    assert calls == [True, False]
+
+
+def test_cached_hub_model_loads_without_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    tiny_unet(8, 1, seed=4).save_pretrained(tmp_path / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "scheduler")
+    calls = fake_hub(monkeypatch, cached=tmp_path)
+    model = load_pretrained("google/ddpm-cifar10-32")
+    assert model.name == "google/ddpm-cifar10-32" and model.image_shape == (1, 8, 8)
+    assert calls == [True] and no_network == []
+
+
+@pytest.mark.parametrize("name", sorted(HUB))
+def test_hub_architecture_has_the_published_size(name: str) -> None:
+    """Each hub model's architecture, built from its config alone on the meta device (no memory, no init)."""
+    _, arch, params, _ = HUB[name]
+    with torch.device("meta"):
+        unet = UNet2DModel.from_config(arch)
+    assert abs(sum(p.numel() for p in unet.parameters()) - params) < 0.1e6
+
+
+@pytest.mark.parametrize("name", sorted(HUB))
+def test_hub_config_loads_through_the_pretrained_config(tmp_path: Path, name: str) -> None:
+    """conf/model/<name>.yaml names the hub id, and a folder with its architecture (channels scaled down 16×
+    to keep the files small) and scheduler loads through conf/model/pretrained.yaml."""
+    repo, arch, _, sched_kwargs = HUB[name]
     cfg = OmegaConf.load(CONF / "model" / f"{name}.yaml")
     assert cfg.pretrained == repo
-    unet = UNet2DModel(**arch)
-    assert abs(sum(p.numel() for p in unet.parameters()) - params) < 0.1e6
-    unet.save_pretrained(tmp_path)
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, **sched_kwargs).save_pretrained(tmp_path)
+    small = {**arch, "block_out_channels": tuple(c // 16 for c in arch["block_out_channels"]), "norm_num_groups": 8}
+    UNet2DModel(**small).save_pretrained(tmp_path)
+    DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True, **sched_kwargs).save_pretrained(
+        tmp_path
+    )
     base = OmegaConf.load(CONF / "model" / "pretrained.yaml")
     model = instantiate(OmegaConf.merge(base, {"pretrained": str(tmp_path), "name": name}))
     assert model.image_shape == (3, arch["sample_size"], arch["sample_size"]) and model.name == name
@@ -105,6 +194,7 @@ def test_hub_config_architecture_round_trips(tmp_path: Path, name: str) -> None:
 
 
 def test_cli_with_unreachable_hub_model_names_the_id(tmp_path: Path) -> None:
+    """HF_HUB_OFFLINE=1 and an empty HF_HOME (conftest) reach the subprocess: it fails fast, offline."""
     result = cli(["model=ddpm_cifar10", "logger=none", "task=generate", "sampler=ddpm", f"hydra.run.dir={tmp_path}"],
                  timeout=120)
     assert result.returncode != 0

@@ -70,10 +70,10 @@ def test_threads_knob_sets_torch_threads_and_keeps_images(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("case", list(CASES))
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("dtype", ["bfloat16"])
 def test_autocast_dtypes_stay_close(tmp_path: Path, case: str, dtype: str) -> None:
-    """bfloat16 and float16 autocast (both work on CPU) stay within rounding noise of float32:
-    mean |Δ| below 2/255 and PSNR against the float32 images above 30 dB."""
+    """bfloat16 autocast of the UNet stays within rounding noise of float32: mean |Δ| below 2/255 and
+    PSNR against the float32 images above 30 dB. (float16 is refused on the CPU: tests/test_outdir.py.)"""
     ref = images(tmp_path, "ref", CASES[case])
     out = images(tmp_path, dtype, [*CASES[case], f"runtime.dtype={dtype}"])
     assert np.abs(ref - out).mean() < 2

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
@@ -37,11 +38,26 @@ def test_truncated_grid_for_sdedit() -> None:
     assert len(respaced_timesteps(1000, 500, t_max=9)) == 10
 
 
-def test_sdedit_start_matches_noise_level() -> None:
-    ab = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod.double()
-    t = sdedit_start(ab, 0.2)
-    level = ((1 - ab[t]) / ab[t]).sqrt()
-    assert abs(level - 0.2) < 0.01
+def level_matched_step(betas: np.ndarray, sigma: float) -> int:
+    """Independent reference: ᾱ from the betas in float64 numpy, then bisection on the increasing noise
+    level sqrt((1 − ᾱ_t)/ᾱ_t) of x_t/sqrt(ᾱ_t), keeping the nearer of the two bracketing steps."""
+    ab = np.cumprod(1 - betas)
+    level = np.sqrt((1 - ab) / ab)
+    assert (np.diff(level) > 0).all()
+    hi = int(np.searchsorted(level, sigma))
+    if hi == 0:
+        return 0
+    if hi == len(level):
+        return len(level) - 1
+    return hi if level[hi] - sigma < sigma - level[hi - 1] else hi - 1
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("sigma", [0.0, 0.01, 0.05, 0.1, 0.2, 0.4, 1.0, 3.0, 1e3])
+def test_sdedit_start_is_the_level_matched_step(beta_schedule: str, sigma: float) -> None:
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule=beta_schedule)
+    t = sdedit_start(sched.alphas_cumprod.double(), sigma)
+    assert t == level_matched_step(sched.betas.double().numpy(), sigma)
 
 
 @pytest.mark.parametrize("steps", [0, 1001])

@@ -8,7 +8,7 @@ from diffusers import UNet2DModel
 
 from diffexp import WEIGHTS
 from diffexp.model import load_pretrained
-from tests.conftest import cli, make_cfg
+from conftest import cli, make_cfg
 
 import diffexp
 

@@ -2,14 +2,16 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from safetensors.torch import load_file
 
+from diffexp.errors import ConfigError
 from diffexp.model import load_pretrained
-from diffexp.train import train
-from tests.conftest import CONF
+from diffexp.train import train, train_device
+from conftest import CONF
 
 TINY_UNET = [
     "data.size=8", "data.channels=1", "unet.block_out_channels=[8,16]", "unet.norm_num_groups=4",
@@ -39,6 +41,10 @@ def test_interrupted_training_resumes_exactly(tmp_path: Path) -> None:
     stopped = train(_cfg(data, tmp_path / "b", "stop_at=3"))
     assert stopped == {"steps": 3} and not (tmp_path / "b" / "model").exists()
     resumed = train(_cfg(data, tmp_path / "b", "resume=true"))
+    # one W&B run per output directory: the resumed session continues the stored run
+    sessions = sorted((tmp_path / "b" / "wandb").glob("offline-run-*"))
+    stored = (tmp_path / "b" / ".wandb_run_id").read_text().strip()
+    assert len(sessions) == 2 and {next(d.glob("run-*.wandb")).stem[4:] for d in sessions} == {stored}
     a = load_file(tmp_path / "a" / "model" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "b" / "model" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
@@ -56,3 +62,27 @@ def test_export_is_a_loadable_diffusers_folder_with_a_card(tmp_path: Path) -> No
     assert (export / "samples.png").is_file()
     model = load_pretrained(str(export))
     assert model.image_shape == (1, 8, 8) and model.num_train_timesteps == 1000
+
+
+def test_device_and_dtype_options(tmp_path: Path) -> None:
+    data = _images(tmp_path / "data")
+    cfg = _cfg(data, tmp_path / "x")
+    assert cfg.device == "auto" and cfg.dtype == "float32"
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert train_device(cfg) == (torch.device(expected), torch.float32)  # a GPU when there is one
+    assert train_device(_cfg(data, tmp_path / "x", "device=cpu", "dtype=bfloat16")) == (torch.device("cpu"),
+                                                                                        torch.bfloat16)
+    with pytest.raises(ConfigError, match="dtype='float16' is invalid: allowed float32, bfloat16"):
+        train_device(_cfg(data, tmp_path / "x", "dtype=float16"))
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device='cuda' but CUDA is not available"):
+            train_device(_cfg(data, tmp_path / "x", "device=cuda"))
+
+
+def test_bfloat16_training_runs_and_stays_close_to_float32(tmp_path: Path) -> None:
+    data = _images(tmp_path / "data")
+    full = train(_cfg(data, tmp_path / "f32", "device=cpu"))
+    half = train(_cfg(data, tmp_path / "bf16", "device=cpu", "dtype=bfloat16"))
+    assert torch.isfinite(torch.tensor(half["final_loss"]))
+    assert half["final_loss"] != full["final_loss"]  # the forward pass really ran in bfloat16
+    assert abs(half["final_loss"] - full["final_loss"]) < 0.1 * full["final_loss"]

@@ -22,5 +22,9 @@ class NoLogger:
     def log_results(self, result: dict[str, Any], output_dir: Path) -> None:
         """Called once with the final ``metrics.json`` content, after the images are written."""
 
+    def sync_command(self) -> str | None:
+        """The command that uploads an offline run's records (``wandb sync ...``); None when nothing to upload."""
+        return None
+
     def finish(self, exit_code: int) -> None:
         """Called exactly once, also when the run fails (exit_code != 0)."""

@@ -1,19 +1,25 @@
-"""``logger=wandb``: one Weights & Biases run per job; online when logged in, offline otherwise.
+"""``logger=wandb``: one Weights & Biases run per output directory; online when logged in, offline otherwise.
 
-Offline runs land in ``<output dir>/wandb/offline-run-*`` and are uploaded later with ``wandb sync``.
+Host and key are wandb's own (``wandb login``, ``WANDB_API_KEY``, ``WANDB_BASE_URL``, its settings files):
+nothing here names a host. Offline runs land in ``<output dir>/wandb/offline-run-*`` and are uploaded later
+with the ``wandb sync`` command that the run's console summary prints.
 """
 
 from __future__ import annotations
 
 import logging
-import netrc
 import os
 import re
+import secrets
+import shlex
+import shutil
+import socket
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import torch
 import wandb
@@ -22,24 +28,32 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from diffexp.distribution import summary_values
 from diffexp.images import make_grid
 from diffexp.outputs import image_name
+from diffexp.report import PLOTTED, Report, parse_overrides, typed
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
 THUMBNAIL_PX = 128  # longest side of the thumbnails in the per-image table
 IMAGE_COLUMNS = (("truth", "_truth"), ("measurement", "_measurement"), ("output", ""))
+RUN_ID_FILE = ".wandb_run_id"  # in the output directory: its one W&B run, continued by resume=true
+PROBE_TIMEOUT = 3.0  # seconds for the TCP probe of the W&B host before an online start
+PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def base_url() -> str:
+    """The W&B server of this process, as wandb resolves it (``WANDB_BASE_URL``, settings files, its default)."""
+    return wandb.setup().settings.base_url
 
 
 def logged_in() -> bool:
-    """Whether W&B credentials exist: ``WANDB_API_KEY`` or a netrc entry for the W&B host."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    """Whether wandb finds a key for its host (``WANDB_API_KEY``, netrc, settings), asked without prompting
+    and without network (``wandb.login(prompt=False, verify=False)``). A malformed key counts as none."""
     try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
+        return bool(wandb.login(prompt=False, verify=False))
+    except wandb.errors.AuthenticationError as err:
+        log.warning("W&B key rejected (%s): logging offline", err)
         return False
 
 
@@ -52,8 +66,23 @@ def choose_mode(mode: str) -> str:
     return os.environ.get("WANDB_MODE") or ("online" if logged_in() else "offline")
 
 
+def host_unreachable(url: str, timeout: float) -> str | None:
+    """Why the W&B host of ``url`` cannot be reached (DNS failure: at once; no TCP connection within
+    ``timeout`` s), or None when it can. Behind a proxy (``HTTPS_PROXY`` etc.) wandb is left to try."""
+    if any(os.environ.get(var) for var in PROXY_VARS):
+        return None
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{parts.hostname}:{port} unreachable ({type(err).__name__}: {err})"
+    return None
+
+
 def init_run(*, mode: str, init_timeout: float, directory: Path, **kwargs: Any) -> wandb.Run:
-    """``wandb.init`` in the chosen mode; an online start that fails falls back to offline with a warning.
+    """``wandb.init`` in the chosen mode. An online start falls back to offline with a warning when the
+    host is unreachable (checked first, in at most ``PROBE_TIMEOUT`` s) or when wandb refuses it (e.g. a bad key).
 
     A run still open in this process (a reused joblib worker) is finished first, so that jobs never
     log into each other's runs.
@@ -63,17 +92,16 @@ def init_run(*, mode: str, init_timeout: float, directory: Path, **kwargs: Any) 
         wandb.run.finish()
     mode = choose_mode(mode)
     settings = wandb.Settings(init_timeout=init_timeout)
-    try:
-        return wandb.init(mode=mode, dir=str(directory), settings=settings, **kwargs)
-    except wandb.errors.Error as err:
-        if mode != "online":
-            raise
-        warnings.warn(
-            f"W&B online start failed ({type(err).__name__}: {err}); logging offline instead. "
-            f"Upload later with `wandb sync {directory}/wandb/offline-run-*`.",
-            stacklevel=2,
-        )
-        return wandb.init(mode="offline", dir=str(directory), settings=settings, **kwargs)
+    if mode == "online":
+        url = base_url()
+        problem = host_unreachable(url, min(PROBE_TIMEOUT, init_timeout))
+        if problem is None:
+            try:
+                return wandb.init(mode=mode, dir=str(directory), settings=settings, **kwargs)
+            except wandb.errors.Error as err:
+                problem = f"{type(err).__name__}: {err}"
+        warnings.warn(f"W&B online start failed ({url}: {problem}); logging offline instead", stacklevel=2)
+    return wandb.init(mode=mode if mode != "online" else "offline", dir=str(directory), settings=settings, **kwargs)
 
 
 def sweep_group(sweep_dir: str | Path) -> str:
@@ -85,14 +113,16 @@ def sweep_group(sweep_dir: str | Path) -> str:
     return path.name
 
 
-def hydra_job() -> tuple[str | None, str | None, dict[str, str]]:
-    """(group, name, config-group choices) of the current Hydra job; all empty outside one (compose API)."""
+def hydra_job() -> tuple[str | None, str | None, dict[str, str], dict[str, Any]]:
+    """(group, name, config-group choices, overrides with typed values) of the current Hydra job; all empty
+    outside one (compose API). The name lists every override but logger/resume/paths (seed included)."""
     if not HydraConfig.initialized():
-        return None, None, {}
+        return None, None, {}, {}
     hc = HydraConfig.get()
     group = sweep_group(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
-    choices = {k: v for k, v in hc.runtime.choices.items() if isinstance(v, str)}
-    return group, hc.job.override_dirname or None, choices
+    choices = {k: v for k, v in hc.runtime.choices.items() if isinstance(v, str) and not k.startswith("hydra/")}
+    overrides = {k: typed(v) for k, v in parse_overrides(list(hc.overrides.task)).items()}
+    return group, hc.job.override_dirname or None, choices, overrides
 
 
 def plain_config(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -100,6 +130,58 @@ def plain_config(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     unresolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     unresolved.output_dir = str(output_dir)
     return OmegaConf.to_container(unresolved, resolve=True)
+
+
+def run_id(output_dir: Path, *, resume: bool) -> tuple[str | None, str | None]:
+    """(id, resume) for ``wandb.init``: the id stored in the output directory when ``resume`` (continued with
+    ``resume="allow"``), else a new one. Under ``wandb agent`` the agent's run id is used (None here)."""
+    if os.environ.get("WANDB_SWEEP_ID"):
+        return None, None
+    stored = output_dir / RUN_ID_FILE
+    if resume and stored.is_file():
+        return stored.read_text().strip(), "allow"
+    return secrets.token_hex(6), None
+
+
+def remember_run(run: wandb.Run, output_dir: Path) -> None:
+    """Store the run id in the output directory (a later ``resume=true`` continues this run)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / RUN_ID_FILE).write_text(run.id + "\n")
+
+
+def sync_command(output_dir: Path, run: wandb.Run) -> str | None:
+    """For an offline run: ``wandb sync`` with every offline directory of this run in ``output_dir`` (a
+    resumed run has one per session). None for online or disabled runs."""
+    if run.settings.mode != "offline":
+        return None
+    # offline-run-<date>_<time>-<id>, with -1, -2, ... when two sessions started within the same second
+    same = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(run.id)}(-\d+)?")
+    dirs = sorted(d for d in (output_dir / "wandb").glob("offline-run-*") if same.fullmatch(d.name))
+    return "wandb sync " + " ".join(shlex.quote(str(d)) for d in dirs) if dirs else None
+
+
+def save_in_run(run: wandb.Run, source: Path, name: str) -> None:
+    """A copy of ``source`` in the run's files as ``name``, saved from inside the run directory: an offline
+    run holds the file itself (not a link to the output directory) and syncs whole."""
+    target = Path(run.dir) / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    run.save(str(target), base_path=run.dir, policy="now")
+
+
+@contextmanager
+def media_in_run_dir(run: wandb.Run) -> Iterator[None]:
+    """wandb stages the media of a ``wandb.Table`` under ``$WANDB_DATA_DIR`` (default ~/.local/share/wandb)
+    until upload; point it into the run's directory while logging, so an offline run keeps its media."""
+    previous = os.environ.get("WANDB_DATA_DIR")
+    os.environ["WANDB_DATA_DIR"] = str(Path(run.dir).parent / "data")
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["WANDB_DATA_DIR"]
+        else:
+            os.environ["WANDB_DATA_DIR"] = previous
 
 
 def _thumbnail(path: Path) -> wandb.Image | None:
@@ -112,11 +194,14 @@ def _thumbnail(path: Path) -> wandb.Image | None:
 
 
 class WandbLogger:
-    """One W&B run per job: config, per-step residual and x̂0 preview, final summary, image table, grid.
+    """One W&B run per output directory: config, per-step residual and x̂0 preview, final summary, image
+    table, grid, and the run's ``metrics.json`` and ``.hydra/config.yaml``.
 
     Args:
-        cfg: the job's composed config (logged, resolved, as the run's config).
-        output_dir: the job's Hydra output directory; the W&B files go to ``<output_dir>/wandb/``.
+        cfg: the job's composed config (logged, resolved, as the run's config, with the Hydra group
+            choices under ``choices`` and the command-line overrides, numbers as numbers, under ``overrides``).
+        output_dir: the job's output directory; the W&B files go to ``<output_dir>/wandb/``, the run id to
+            ``<output_dir>/.wandb_run_id`` (``resume=true`` continues that run).
         project, entity: where the run goes (entity None: the user's default).
         tags: extra tags; the task, sampler and model names are always added.
         group: W&B group; None: the sweep directory's name in a multirun, no group in a single run.
@@ -143,31 +228,41 @@ class WandbLogger:
         self.output_dir = Path(output_dir)
         self.log_every = int(log_every)
         self.preview_images = int(preview_images)
-        sweep, name, choices = hydra_job()
+        sweep, name, choices, overrides = hydra_job()
         model = choices.get("model") or cfg.model.get("name") or str(cfg.model._target_).rsplit(".", 1)[-1]
+        config = plain_config(cfg, self.output_dir)
+        config.update(choices=choices, overrides=overrides)
+        wandb_id, resume = run_id(self.output_dir, resume=bool(cfg.get("resume")))
         self.run = init_run(
             mode=mode,
             init_timeout=init_timeout,
             directory=self.output_dir,
+            id=wandb_id,
+            resume=resume,
             project=project,
             entity=entity,
             group=group or sweep,
             name=name,
             job_type=cfg.task.name,
             tags=list(dict.fromkeys([cfg.task.name, cfg.sampler.name, model, *tags])),
-            config=plain_config(cfg, self.output_dir),
+            config=config,
         )
+        remember_run(self.run, self.output_dir)
+        hydra_config = self.output_dir / ".hydra" / "config.yaml"
+        if hydra_config.is_file():
+            save_in_run(self.run, hydra_config, ".hydra/config.yaml")
         self.run.define_metric("sampling/step")
         self.run.define_metric("sampling/*", step_metric="sampling/step")
 
     def log_step(self, state: dict[str, Any], *, operator: Any, y: Any) -> None:
-        """Log the mean data residual ‖y - A(x̂0)‖ and a preview of x̂0 at sampling step ``state['i']``."""
+        """Log the mean data residual ‖y - A(x̂0)‖ and a preview of x̂0; ``sampling/step`` counts the steps of
+        the whole run (``state['step']``, else the batch's step ``state['i']``)."""
         x0 = state["x0"].detach().float()
         residual = state.get("residual")
         if residual is None and operator is not None:
             with torch.no_grad():
                 residual = (y - operator(x0)).flatten(1).norm(dim=1)
-        data: dict[str, Any] = {"sampling/step": int(state["i"]), "sampling/t": int(state["t"])}
+        data: dict[str, Any] = {"sampling/step": int(state.get("step", state["i"])), "sampling/t": int(state["t"])}
         if residual is not None:
             data["sampling/residual"] = float(residual.detach().float().mean())
         preview = x0[: self.preview_images].clamp(-1, 1)
@@ -175,13 +270,17 @@ class WandbLogger:
         self.run.log(data)
 
     def log_results(self, result: dict[str, Any], output_dir: Path) -> None:
-        """Summary (mean/std of every metric and baseline, nfe, s/image, status), image table and grid."""
+        """Summary (mean/std of every metric and baseline, nfe, s/image, status, warnings), image table,
+        captioned grid, and a copy of ``metrics.json``."""
         summary: dict[str, Any] = {
             key: result.get(key) for key in ("status", "error", "nfe", "seconds_per_image", "num_finished")
         }
+        if result.get("warnings"):
+            summary["warnings"] = "; ".join(map(str, result["warnings"]))
         for prefix, block in (("", result.get("metrics") or {}), ("baseline/", result.get("baseline") or {})):
             for metric, stats in block.items():
                 summary.update({f"{prefix}{metric}/{stat}": value for stat, value in stats.items()})
+        summary.update(summary_values(result.get("distribution")))  # fid, kid/mean, ... (diffexp.distribution)
         self.run.summary.update(summary)
         data: dict[str, Any] = {}
         rows = result.get("per_image") or []
@@ -189,21 +288,30 @@ class WandbLogger:
             data["images"] = self._table(rows, Path(output_dir) / "images")
         grid = Path(output_dir) / "grid.png"
         if grid.is_file():
+            caption = "truth | measurement | reconstruction" if result.get("metrics") else "samples"
             with Image.open(grid) as img:
-                data["grid"] = wandb.Image(img.copy())
+                data["grid"] = wandb.Image(img.copy(), caption=caption)
         if data:
-            self.run.log(data)
+            with media_in_run_dir(self.run):
+                self.run.log(data)
+        metrics = Path(output_dir) / "metrics.json"
+        if metrics.is_file():
+            save_in_run(self.run, metrics, "metrics.json")
 
     def _table(self, rows: list[dict[str, Any]], images: Path) -> wandb.Table:
         """One row per image: index, per-image metrics, thumbnails of truth / measurement / output."""
         keys = list(dict.fromkeys(key for row in rows for key in row))
         first = rows[0]["index"]
         pictures = [(col, suffix) for col, suffix in IMAGE_COLUMNS if (images / image_name(first, suffix)).is_file()]
-        table = wandb.Table(columns=keys + [col for col, _ in pictures])
+        table = wandb.Table(columns=keys + [col for col, _ in pictures], allow_mixed_types=True)
         for row in rows:
             thumbs = [_thumbnail(images / image_name(row["index"], suffix)) for _, suffix in pictures]
             table.add_data(*[row.get(key) for key in keys], *thumbs)
         return table
+
+    def sync_command(self) -> str | None:
+        """The exact ``wandb sync`` command that uploads this offline run; None when it is online."""
+        return sync_command(self.output_dir, self.run)
 
     def finish(self, exit_code: int) -> None:
         """Close the run; a non-zero ``exit_code`` marks it failed."""
@@ -211,10 +319,7 @@ class WandbLogger:
 
 
 def log_report(
-    sweep_dir: Path,
-    files: Sequence[Path],
-    columns: Sequence[str],
-    rows: Sequence[dict[str, Any]],
+    report: Report,
     *,
     project: str,
     entity: str | None,
@@ -222,7 +327,10 @@ def log_report(
     mode: str,
     init_timeout: float,
 ) -> None:
-    """Log a sweep report (table, plots, files) as a small run of job_type ``report`` in the sweep's group."""
+    """Log a sweep report as a small run of job_type ``report`` in the sweep's group: the configuration table
+    (swept values as numbers, seeds pooled), ``best/*`` in the summary, native W&B charts of each metric
+    against each numeric swept key, the plots and the report files."""
+    sweep_dir = report.sweep_dir
     run = init_run(
         mode=mode,
         init_timeout=init_timeout,
@@ -232,16 +340,45 @@ def log_report(
         group=group or sweep_group(sweep_dir),
         name=f"report-{sweep_group(sweep_dir)}",
         job_type="report",
-        config={"sweep_dir": str(sweep_dir)},
+        config={"sweep_dir": str(sweep_dir), "optimized_metric": report.metric, "swept": report.keys},
     )
     exit_code = 1
     try:
-        data = [[row.get(c) for c in columns] for row in rows]
-        table = wandb.Table(columns=list(columns), data=data, allow_mixed_types=True)
-        plots = {f"plots/{f.stem}": wandb.Image(str(f)) for f in files if f.suffix == ".png"}
-        run.log({"summary": table, **plots})
-        for f in files:
-            run.save(str(f), base_path=str(sweep_dir), policy="now")
+        table = wandb.Table(
+            columns=list(report.columns), data=[[row.get(c) for c in report.columns] for row in report.rows],
+            allow_mixed_types=True,
+        )
+        data: dict[str, Any] = {"summary": table}
+        data.update({f"plots/{f.stem}": wandb.Image(str(f)) for f in report.files if f.suffix == ".png"})
+        data.update(charts(report))
+        with media_in_run_dir(run):
+            run.log(data)
+        if report.best is not None:
+            run.summary.update({f"best/{key.replace('_mean', '/mean').replace('_std', '/std')}": value
+                                for key, value in report.best.items() if key not in ("best", "status")})
+        for f in report.files:
+            save_in_run(run, f, f.name)
         exit_code = 0
     finally:
         run.finish(exit_code=exit_code)
+
+
+def charts(report: Report) -> dict[str, Any]:
+    """``charts/<metric>_vs_<key>``: a W&B line chart (one swept key) or scatter (several) of the pooled mean
+    of each metric against each numeric swept key; needs no panel built by hand."""
+    out: dict[str, Any] = {}
+    for key in report.keys:
+        if not any(isinstance(row.get(key), (int, float)) for row in report.rows):
+            continue
+        for metric in PLOTTED:
+            column = f"{metric}_mean"
+            if column not in report.columns or all(row.get(column) is None for row in report.rows):
+                continue
+            x = key.replace(".", "_")  # a dot would be a nested field in the chart's Vega spec
+            points = [[row[key], row[column]] for row in report.rows
+                      if isinstance(row.get(key), (int, float)) and row.get(column) is not None]
+            chart_table = wandb.Table(columns=[x, column], data=sorted(points))
+            plot = wandb.plot.line if len(report.keys) == 1 else wandb.plot.scatter
+            out[f"charts/{metric}_vs_{x}"] = plot(chart_table, x, column, title=f"{metric} (mean) vs {key}")
+    return out
+

@@ -1,74 +1,78 @@
-"""Blur operators: A x = k ∗ x with reflect padding (as the official DPS code), per-channel.
+"""Blur operators: A x = k ∗ x, per channel, with reflect (as the official DPS code) or circular padding.
+
+``padding=reflect`` (default) keeps the image size by mirroring the border, as DPS. ``padding=circular``
+wraps the image around: A is then circulant, diagonal in Fourier space (eigenvalues â = FFT of the
+point-spread function), so its solve, prox and pseudo-inverse are exact FFT divisions. With reflect
+padding the Gaussian blur is separable, A X = B X Bᵀ with B = (1-D taps band matrix)·(reflect-padding
+matrix), and solves exactly through the SVD of B (``SeparableSVD``); motion blur with reflect padding
+runs conjugate gradients on A and Aᵀ. A blur is numerically singular (a Gaussian's
+transfer function is ~1e-9 at Nyquist), so ``pinv`` is the regularised pseudo-inverse
+Aᵀ(AAᵀ + c²I)⁻¹ = (AᵀA + c²I)⁻¹Aᵀ with c = ``pinv_cutoff``: singular values s ≫ c are inverted,
+s ≪ c suppressed (s/(s² + c²)); DDRM likewise zeroes blur singular values below 3e-2.
 
 ``kernel=gaussian``: a sampled Gaussian truncated at 4σ (as ``scipy.ndimage.gaussian_filter`` of a
 centred delta, which is how DPS builds its 61×61, σ=3 kernel), cropped to ``kernel_size`` and
-normalised. ``kernel=motion``: a random camera-shake trajectory per image (below).
+normalised. ``kernel=motion``: one random kernel per image, drawn as DPS draws its motion kernels
+(``diffexp.operators.motion``).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator, separable
+from diffexp.operators.base import LinearOperator, Weight, separable
+from diffexp.operators.motion import motion_kernel
+from diffexp.operators.separable import SeparableSVD
 
 KERNELS = ("gaussian", "motion")
+PADDINGS = ("reflect", "circular")
 
 
-def reflect_pad_matrix(n: int, pad: int) -> Tensor:
-    """The (n + 2·pad) × n 0/1 matrix P with P v = reflect-padded v (``F.pad(v, (pad, pad), "reflect")``)."""
-    return F.pad(torch.eye(n)[None], (pad, pad), mode="reflect")[0].T
+def pad_matrix(n: int, pad: int, mode: str) -> Tensor:
+    """The (n + 2·pad) × n 0/1 matrix P with P v = padded v (``F.pad(v, (pad, pad), mode)``)."""
+    return F.pad(torch.eye(n)[None], (pad, pad), mode=mode)[0].T
 
 
-def gaussian_kernel(size: int, std: float) -> Tensor:
-    """(size, size) Gaussian kernel, float64, summing to 1."""
+def gaussian_taps(size: int, std: float) -> Tensor:
+    """The 1-D factor of ``gaussian_kernel``: ``size`` taps of a 4σ-truncated sampled Gaussian, float64, sum 1."""
     radius = int(4.0 * std + 0.5)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     g = torch.exp(-0.5 * (x / std) ** 2)
-    g = g / g.sum()
-    k = torch.outer(g, g)
     half = size // 2
-    if radius > half:
-        k = k[radius - half : radius + half + 1, radius - half : radius + half + 1]
-    else:
-        k = F.pad(k, [half - radius] * 4)
-    return k / k.sum()
+    g = g[radius - half : radius + half + 1] if radius > half else F.pad(g, [half - radius] * 2)
+    return g / g.sum()
 
 
-def motion_kernel(size: int, intensity: float, g: torch.Generator, samples: int = 256) -> Tensor:
-    """(size, size) motion-blur kernel from a random camera-shake trajectory, summing to 1.
+def gaussian_kernel(size: int, std: float) -> Tensor:
+    """(size, size) Gaussian kernel, float64, summing to 1: the outer product of ``gaussian_taps`` (the
+    4σ-truncated kernel of scipy.ndimage.gaussian_filter, cropped or zero-padded to ``size``, renormalised)."""
+    g = gaussian_taps(size, std)
+    return torch.outer(g, g)
 
-    A 2-D path whose heading drifts by Gaussian increments scaled by ``intensity`` (0: a straight
-    line; 1: strong shake) is centred, scaled to span the kernel, and splatted bilinearly.
-    """
-    u = torch.randn(samples + 1, generator=g, device=g.device).cpu().double()
-    heading = 2 * math.pi * torch.rand(1, generator=g, device=g.device).cpu().double()
-    angles = heading + torch.cumsum(intensity * 0.5 * u[1:], 0)
-    path = torch.cumsum(torch.stack([angles.cos(), angles.sin()], 1), 0)
-    path = path - (path.max(0).values + path.min(0).values) / 2
-    extent = path.abs().max().clamp(min=1e-12)
-    path = path / extent * (size - 1) / 2 * 0.9 + (size - 1) / 2
-    k = torch.zeros(size, size, dtype=torch.float64)
-    x0, y0 = path[:, 0].floor().long(), path[:, 1].floor().long()
-    fx, fy = path[:, 0] - x0, path[:, 1] - y0
-    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        xi, yi = (x0 + dx).clamp(0, size - 1), (y0 + dy).clamp(0, size - 1)
-        k.index_put_((yi, xi), w, accumulate=True)
-    return k / k.sum()
+
+def correlation_matrix(taps: Tensor, n: int) -> Tensor:
+    """The n × (n + len(taps) − 1) band matrix T of 1-D valid cross-correlation: (T v)[i] = Σ_u taps[u]·v[i + u]."""
+    t = torch.zeros(n, n + len(taps) - 1, dtype=taps.dtype)
+    rows = torch.arange(n)
+    for u, tap in enumerate(taps):
+        t[rows, rows + u] = tap
+    return t
 
 
 class Blur(LinearOperator):
-    """Convolution with a fixed kernel (``task.kernel``: gaussian | motion), reflect padding.
+    """Convolution with a fixed kernel (``task.kernel``: gaussian | motion), reflect or circular padding.
 
     Args:
         kernel: kernel kind.
         kernel_size: odd side of the kernel, in pixels.
         std: Gaussian standard deviation, pixels (gaussian).
         intensity: camera-shake strength in [0, 1] (motion); one kernel per image.
+        padding: reflect (as DPS) | circular (diagonal in Fourier space: exact FFT solves).
+        pinv_cutoff: c of the regularised pseudo-inverse (AᵀA + c²I)⁻¹Aᵀ.
     """
 
     def __init__(
@@ -81,6 +85,8 @@ class Blur(LinearOperator):
         kernel_size: int = 9,
         std: float = 2.0,
         intensity: float = 0.5,
+        padding: str = "reflect",
+        pinv_cutoff: float = 0.03,
     ) -> None:
         super().__init__(image_shape, generators, sigma_y)
         _, h, w = self.image_shape
@@ -88,8 +94,12 @@ class Blur(LinearOperator):
             raise ValueError(f"task.kernel={kernel!r} is not one of {KERNELS}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"task.kernel_size={kernel_size} must be odd and positive")
+        if padding not in PADDINGS:
+            raise ValueError(f"task.padding={padding!r} is not one of {PADDINGS}")
         if kernel_size // 2 >= min(h, w):
-            raise ValueError(f"task.kernel_size={kernel_size} is too large for {h}x{w} images (reflect padding)")
+            raise ValueError(f"task.kernel_size={kernel_size} is too large for {h}x{w} images ({padding} padding)")
+        if pinv_cutoff <= 0:
+            raise ValueError(f"task.pinv_cutoff={pinv_cutoff} must be > 0")
         if kernel == "gaussian" and std <= 0:
             raise ValueError(f"task.std={std} must be > 0")
         if kernel == "motion" and not 0 <= intensity <= 1:
@@ -99,17 +109,74 @@ class Blur(LinearOperator):
         else:
             kernels = torch.stack([motion_kernel(kernel_size, intensity, g) for g in generators])
         self.register_buffer("kernels", kernels.float())
+        self.padding = padding
+        self.pinv_cutoff = float(pinv_cutoff)
         pad = kernel_size // 2
-        self.register_buffer("pad_rows", reflect_pad_matrix(h, pad), persistent=False)
-        self.register_buffer("pad_cols", reflect_pad_matrix(w, pad), persistent=False)
+        self.register_buffer("pad_rows", pad_matrix(h, pad, padding), persistent=False)
+        self.register_buffer("pad_cols", pad_matrix(w, pad, padding), persistent=False)
+        self.svd = None  # Gaussian with reflect padding is separable: exact solves by SVD
+        if kernel == "gaussian" and padding == "reflect":
+            taps = gaussian_taps(kernel_size, std)
+            rows = correlation_matrix(taps, h) @ self.pad_rows.double()
+            self.svd = SeparableSVD(rows, correlation_matrix(taps, w) @ self.pad_cols.double())
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = x.shape
+        xp = separable(x, self.pad_rows, self.pad_cols)  # = F.pad(x, padding), exactly
+        return self._grouped(F.conv2d, xp, x.shape)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        """Aᵀ = Pᵀ Kᵀ: the transposed convolution (full size), then the padding folded back."""
+        padded = (*y.shape[:2], self.pad_rows.shape[0], self.pad_cols.shape[0])
+        z = self._grouped(F.conv_transpose2d, y, padded)
+        return separable(z, self.pad_rows.T, self.pad_cols.T)
+
+    def image_parameters(self, j: int) -> dict[str, Tensor]:
+        super().image_parameters(j)
+        return {"kernel": self.kernels[j if self.kernels.shape[0] > 1 else 0]}
+
+    def pinv(self, y: Tensor) -> Tensor:
+        """Regularised pseudo-inverse (AᵀA + c²I)⁻¹Aᵀ y, c = ``pinv_cutoff`` (module docstring)."""
+        if self.padding == "circular":
+            a, fy = self._otf(y), torch.fft.rfft2(y)
+            return self._irfft(a.conj() * fy / (a.abs() ** 2 + self.pinv_cutoff**2), y)
+        if self.svd is not None:
+            return self.svd.pinv(y, cutoff=self.pinv_cutoff)
+        return self.adjoint(self.solve_aat(y, aat_weight=1.0, noise_var=self.pinv_cutoff**2))
+
+    def solve_aat(self, v: Tensor, *, aat_weight: Weight, noise_var: Weight) -> Tensor:
+        if self.svd is not None:
+            return self.svd.solve_aat(v, aat_weight=aat_weight, noise_var=noise_var)
+        if self.padding != "circular":
+            return super().solve_aat(v, aat_weight=aat_weight, noise_var=noise_var)
+        eig = self._otf(v).abs() ** 2
+        return self._irfft(torch.fft.rfft2(v) / (aat_weight * eig + noise_var), v)
+
+    def prox(self, z: Tensor, y: Tensor, *, rho: Weight) -> Tensor:
+        if self.svd is not None:
+            return self.svd.prox(z, y, rho=rho)
+        if self.padding != "circular":
+            return super().prox(z, y, rho=rho)
+        a = self._otf(z)
+        return self._irfft((a.conj() * torch.fft.rfft2(y) + rho * torch.fft.rfft2(z)) / (a.abs() ** 2 + rho), z)
+
+    def _otf(self, like: Tensor) -> Tensor:
+        """The transfer function â = rfft2(A δ) of circular blur (A x = irfft2(â · rfft2(x))), per kernel."""
+        n = like.shape[0] if self.kernels.shape[0] > 1 else 1
+        delta = torch.zeros(n, *like.shape[1:], dtype=like.dtype, device=like.device)
+        delta[..., 0, 0] = 1
+        return torch.fft.rfft2(self.forward(delta))
+
+    @staticmethod
+    def _irfft(spectrum: Tensor, like: Tensor) -> Tensor:
+        return torch.fft.irfft2(spectrum, s=like.shape[-2:])
+
+    def _grouped(self, conv: Callable[..., Tensor], x: Tensor, out_shape: Sequence[int]) -> Tensor:
+        """``conv`` (conv2d or conv_transpose2d) of every channel with its image's kernel."""
+        b, c = x.shape[:2]
         k = self.kernels.to(x.dtype)
-        xp = separable(x, self.pad_rows, self.pad_cols)  # = F.pad(x, reflect), exactly
         if k.shape[0] == 1:
-            return F.conv2d(xp, k.expand(c, 1, *k.shape[1:]), groups=c)
+            return conv(x, k.expand(c, 1, *k.shape[1:]), groups=c)
         if k.shape[0] != b:
             raise ValueError(f"operator holds {k.shape[0]} per-image kernels but got a batch of {b}")
         weight = k[:, None].repeat_interleave(c, 0)
-        return F.conv2d(xp.reshape(1, b * c, *xp.shape[2:]), weight, groups=b * c).reshape(b, c, h, w)
+        return conv(x.reshape(1, b * c, *x.shape[2:]), weight, groups=b * c).reshape(*out_shape)

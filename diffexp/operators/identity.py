@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator
+from diffexp.operators.base import LinearOperator, Weight
 
 
 class Identity(LinearOperator):
-    """A = I; y = x + σ_y·n."""
+    """A = I; y = x + σ_y·n. Every solve is a scalar division."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x
 
     def adjoint(self, y: Tensor) -> Tensor:
         return y
+
+    def pinv(self, y: Tensor) -> Tensor:
+        return y
+
+    def solve_aat(self, v: Tensor, *, aat_weight: Weight, noise_var: Weight) -> Tensor:
+        return v / (aat_weight + noise_var)
+
+    def prox(self, z: Tensor, y: Tensor, *, rho: Weight) -> Tensor:
+        return (y + rho * z) / (1 + rho)

@@ -1,4 +1,10 @@
-"""Super-resolution: A = down-sampling by an integer ``factor`` (average pooling or bicubic)."""
+"""Super-resolution: A = down-sampling by an integer ``factor`` (average pooling or bicubic).
+
+Average pooling has AAᵀ = I/f² and AᵀA = Π/f² (Π: the orthogonal projection onto images constant on
+f×f blocks), so its adjoint, pseudo-inverse, solve and prox are closed forms (the prox by Woodbury:
+(Π/f² + ρI)⁻¹ = (I − Π)/ρ + Π/(1/f² + ρ), applied to Aᵀy + ρz: (I − Π)z + (Aᵀy + ρΠz)/(1/f² + ρ)). Bicubic is separable, A X = R X Cᵀ, and solves exactly
+through the SVDs of R and C (``SeparableSVD``).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator, separable
+from diffexp.operators.base import LinearOperator, Weight, separable
+from diffexp.operators.separable import SeparableSVD
 
 DOWNSAMPLERS = ("avgpool", "bicubic")
 
@@ -45,11 +52,40 @@ class SuperResolution(LinearOperator):
         if downsample == "bicubic":  # as two matmuls: F.interpolate's bicubic backward is nondeterministic on CUDA
             self.register_buffer("rows", bicubic_matrix(h, factor), persistent=False)
             self.register_buffer("cols", bicubic_matrix(w, factor), persistent=False)
+            self.svd = SeparableSVD(self.rows, self.cols)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.downsample == "avgpool":
             return F.avg_pool2d(x, self.factor)
         return separable(x, self.rows, self.cols)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        if self.downsample == "avgpool":
+            return self._repeat(y) / self.factor**2
+        return separable(y, self.rows.T, self.cols.T)
+
+    def pinv(self, y: Tensor) -> Tensor:
+        if self.downsample == "avgpool":  # Aᵀ(AAᵀ)⁻¹ = f²·Aᵀ: nearest-neighbour up-sampling
+            return self._repeat(y)
+        return self.svd.pinv(y)
+
+    def solve_aat(self, v: Tensor, *, aat_weight: Weight, noise_var: Weight) -> Tensor:
+        if self.downsample == "avgpool":
+            return v / (aat_weight / self.factor**2 + noise_var)
+        return self.svd.solve_aat(v, aat_weight=aat_weight, noise_var=noise_var)
+
+    def prox(self, z: Tensor, y: Tensor, *, rho: Weight) -> Tensor:
+        if self.downsample != "avgpool":
+            return self.svd.prox(z, y, rho=rho)
+        # (I − Π)(Aᵀy + ρz) = ρ(I − Π)z, as Aᵀy is block-constant: no division by ρ
+        block = self._repeat(F.avg_pool2d(z, self.factor))  # Π z
+        return z - block + (self.adjoint(y) + rho * block) / (1 / self.factor**2 + rho)
+
+    def _repeat(self, y: Tensor) -> Tensor:
+        """Each pixel copied onto its f×f block (an expand: its backward is a deterministic sum)."""
+        b, c, h, w = y.shape
+        f = self.factor
+        return y[:, :, :, None, :, None].expand(b, c, h, f, w, f).reshape(b, c, h * f, w * f)
 
     def baseline(self, y: Tensor) -> Tensor:
         up = F.interpolate(y, scale_factor=self.factor, mode="bicubic", align_corners=False)

@@ -64,18 +64,27 @@ def ancestral_step(
     generators: Sequence[torch.Generator],
     *,
     last: bool,
+    v: Tensor | None = None,
 ) -> Tensor:
     """One DDPM ancestral step x_t → x_{t-1} (Ho et al. 2020, eqs. 6–7) on a possibly respaced grid.
 
     μ̃ = sqrt(ᾱ_{t-1})·β_t/(1−ᾱ_t)·x̂0 + sqrt(α_t)·(1−ᾱ_{t-1})/(1−ᾱ_t)·x_t with α_t = ᾱ_t/ᾱ_{t-1},
-    β_t = 1 − α_t; σ_t² = β̃_t = (1−ᾱ_{t-1})/(1−ᾱ_t)·β_t (fixed_small) or β_t (fixed_large).
+    β_t = 1 − α_t; σ_t² = β̃_t = (1−ᾱ_{t-1})/(1−ᾱ_t)·β_t (fixed_small), β_t (fixed_large), or for
+    learned_range models log σ_t² = v·log β_t + (1−v)·log β̃_t with ``v`` from ``model.eps_v``
+    (improved DDPM, Nichol & Dhariwal 2021, eq. 15), β and β̃ those of the grid's steps.
     No noise is added after the ``last`` step (where ᾱ_{t-1} = 1).
     """
+    if model.variance_type == "learned_range" and v is None:
+        raise ValueError("ancestral_step: a learned_range model needs v (ε, v = model.eps_v(x, t))")
     alpha = ab / ab_prev
     beta = 1 - alpha
     mean = ab_prev.sqrt() * beta / (1 - ab) * x0 + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x
     if last:
         return mean
+    if model.variance_type == "learned_range":
+        log_beta_tilde = ((1 - ab_prev) / (1 - ab) * beta).clamp(min=1e-20).log()
+        std = (0.5 * (v * beta.log() + (1 - v) * log_beta_tilde)).exp()
+        return mean + std * per_image_noise(generators, x)
     if model.variance_type == "fixed_small":
         var = ((1 - ab_prev) / (1 - ab) * beta).clamp(min=1e-20)
     else:

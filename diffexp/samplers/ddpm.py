@@ -27,13 +27,15 @@ def ddpm(
 
     Unconditional: ``y`` and ``operator`` are ignored (a denoising run starts ``x`` from the
     noisy image instead, SDEdit). ``clip_denoised`` None follows the scheduler's ``clip_sample``.
+    Learned-variance models use their predicted variance (improved DDPM eq. 15, ``ancestral_step``).
     """
     x0 = x
     ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
     check = FiniteCheck("ddpm", "a model producing NaN/Inf", timesteps, x.device)
     for i, t in enumerate(timesteps):
-        x0 = clip_x0(model, model.x0(x, t), clip_denoised)
-        x = ancestral_step(model, x, x0, ab_all[i], ab_prev_all[i], generators, last=i + 1 == len(timesteps))
+        eps, v = model.eps_v(x, t)
+        x0 = clip_x0(model, model.x0_from_eps(x, t, eps), clip_denoised)
+        x = ancestral_step(model, x, x0, ab_all[i], ab_prev_all[i], generators, last=i + 1 == len(timesteps), v=v)
         check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})

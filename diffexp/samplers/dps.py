@@ -11,6 +11,12 @@ from torch import Tensor
 from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas
 
 
+def safe_norm(r: Tensor) -> Tensor:
+    """Row norms ‖r_i‖₂ whose gradient is 0 (a subgradient) for an all-zero row instead of 0/0 = NaN."""
+    zero = (r == 0).all(dim=1, keepdim=True)
+    return torch.where(zero, torch.ones_like(r), r).norm(dim=1) * ~zero.squeeze(1)
+
+
 def dps(
     model: Any,
     x: Tensor,
@@ -26,8 +32,9 @@ def dps(
     """DPS: x' = ancestral step from x_t (with x̂0 = Tweedie(x_t)), then
     x_{t-1} = x' − ζ·∇_{x_t} ‖y − A(x̂0(x_t))‖₂ with the gradient through the UNet.
 
-    As in the official code the norm is not squared and x̂0 is clipped as the scheduler asks; unlike
-    it, the norm is taken per image, so an image's result never depends on its batch. ``step_size`` = ζ.
+    As in the official code the norm is not squared, x̂0 is clipped as the scheduler asks and a
+    learned-variance model's own variance is used in the ancestral step (its ``p_sample``); unlike it,
+    the norm is taken per image, so an image's result never depends on its batch. ``step_size`` = ζ.
     """
     if y is None or operator is None:
         raise ValueError("sampler=dps needs a measurement: use a task with an operator (not task=generate)")
@@ -38,12 +45,14 @@ def dps(
     for i, t in enumerate(timesteps):
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            x0 = clip_x0(model, model.x0(x_in, t), clip_denoised)
-            residual = (y - operator(x0)).flatten(1).norm(dim=1)
+            eps, v = model.eps_v(x_in, t)
+            x0 = clip_x0(model, model.x0_from_eps(x_in, t, eps), clip_denoised)
+            residual = safe_norm((y - operator(x0)).flatten(1))
             (grad,) = torch.autograd.grad(residual.sum(), x_in)
         x0 = x0.detach()
+        v = None if v is None else v.detach()
         x_prev = ancestral_step(
-            model, x_in.detach(), x0, ab_all[i], ab_prev_all[i], generators, last=i + 1 == len(timesteps)
+            model, x_in.detach(), x0, ab_all[i], ab_prev_all[i], generators, last=i + 1 == len(timesteps), v=v
         )
         x = x_prev - step_size * grad
         check(i, x=x, x0=x0)
@@ -53,3 +62,4 @@ def dps(
 
 
 dps.guided = True
+dps.needs_unet_grad = True

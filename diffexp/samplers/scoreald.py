@@ -8,7 +8,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas
+from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas, per_image_noise
+
+
+def likelihood_score(operator: Any, x: Tensor, y: Tensor, ab: Tensor) -> Tensor:
+    """∇_{x_t} log p(y | x_t) with p(y | x_t) ≈ N(y; A x̃_t, σ_y²I + γ_t²AAᵀ), x̃_t = x_t/sqrt(ᾱ_t),
+    γ_t² = (1−ᾱ_t)/ᾱ_t: Aᵀ(σ_y²I + γ_t²AAᵀ)⁻¹(y − A x̃_t)/sqrt(ᾱ_t).
+
+    The covariance is the one a flat prior propagates: x̃_t = x0 + γ_t·ε, so A x̃_t − y has covariance
+    γ_t²AAᵀ + σ_y²I (exact for a prior much broader than γ_t). ``operator.solve_aat`` applies its
+    inverse in closed form (identity, masks, average pooling, circular blur) or by conjugate gradients.
+    """
+    gamma2 = (1 - ab) / ab
+    r = y - operator(x / ab.sqrt())
+    return operator.adjoint(operator.solve_aat(r, aat_weight=gamma2, noise_var=operator.sigma_y**2)) / ab.sqrt()
 
 
 @torch.no_grad()
@@ -21,44 +34,83 @@ def scoreald(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    step_size: float = 0.7,
+    step_size: float = 1.0,
+    corrector_steps: int = 0,
+    corrector_size: float = 0.1,
     clip_denoised: bool | None = None,
 ) -> Tensor:
-    """Ancestral prior step plus Jalal et al.'s annealed likelihood step, without backprop through the UNet.
+    """Ancestral prior step with Jalal et al.'s likelihood score, without backprop through the UNet.
 
-    Jalal et al. add A^T(y − A x)/(σ_y² + γ²) to the prior score, γ the annealing level of the
-    sample. A VP sample x_t = sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·ε is rescaled to x̃_t = x_t/sqrt(ᾱ_t) =
-    x0 + γ_t·ε with γ_t² = (1−ᾱ_t)/ᾱ_t, so p(y | x_t) ≈ N(y; A x̃_t, (σ_y² + γ_t²)I) and
+    Jalal et al. add Aᵀ(y − A x)/(σ_y² + γ²) to the prior score, γ the annealing level. In VP form
+    (``likelihood_score``) ∇ log p(y | x_t) = Aᵀ(σ_y²I + γ_t²AAᵀ)⁻¹(y − A x_t/sqrt(ᾱ_t))/sqrt(ᾱ_t),
+    and Tweedie's formula for the posterior p(x_t | y) moves x̂0 by (1−ᾱ_t)/sqrt(ᾱ_t) times it:
 
-        ∇_{x_t} log p(y | x_t) = A^T(y − A x̃_t) / (sqrt(ᾱ_t)·(σ_y² + γ_t²)).
+        x̂0|y = x̂0 + η·(1−ᾱ_t)/sqrt(ᾱ_t)·∇_{x_t} log p(y | x_t),     x_{t-1} ~ q(x_{t-1} | x_t, x̂0|y).
 
-    Tweedie adds (1−ᾱ_t)/sqrt(ᾱ_t)·∇ log p to x̂0, so we weight the step by (1 − ᾱ_t) like the prior
-    score there:
+    Through the DDPM posterior mean (coefficient sqrt(ᾱ_{t-1})β_t/(1−ᾱ_t) of x̂0) this moves
+    x_{t-1} by η·β_t/sqrt(α_t)·∇ log p(y | x_t): classifier guidance with the likelihood as classifier
+    (Dhariwal & Nichol 2021), so η = 1 (``step_size``) is nominal and does not depend on ``num_steps``.
+    With a Gaussian prior much broader than γ_t the likelihood is exact and the chain samples the
+    posterior. Clipping (``clip_denoised``) applies to Tweedie's x̂0 before the shift: at high noise the
+    shift is of the order of γ_t (it pulls x̃_t = x_t/sqrt(ᾱ_t), not x̂0, towards y) and clipping it
+    would cut the guidance, whereas in x_{t-1} it is the small β_t/sqrt(α_t)·∇ log p.
 
-        x_{t-1} = x' + η·(1−ᾱ_t)·∇_{x_t} log p(y | x_t)
-                = x' − η·(1−ᾱ_t)/(2(σ_y² + γ_t²))·∇_{x_t}‖A(x_t/sqrt(ᾱ_t)) − y‖²,
-
-    with x' the DDPM ancestral step. For A = I, σ_y = 0, η = 1 moves x̃_t onto y. ``step_size`` = η.
-    Comparing A x_t itself with y would pull the sample towards the wrong scale sqrt(ᾱ_t).
+    ``corrector_steps`` K > 0 adds Jalal et al.'s annealed Langevin corrector after each step, at the
+    new level t' (one network call each): x ← x + α(∇log p_t'(x) + ∇log p(y | x)) + sqrt(2α)·z with
+    α = ``corrector_size``·(1−ᾱ_t'). The score of x_t' scales as 1/sqrt(1−ᾱ_t') (its noise), so this α
+    moves x by a fixed fraction of the noise level at every t', which is Jalal et al.'s α ∝ γ² in VP
+    units; the likelihood term is the same propagated-covariance score as the predictor.
     """
     if y is None or operator is None:
         raise ValueError("sampler=scoreald needs a measurement: use a task with an operator (not task=generate)")
     if step_size <= 0:
         raise ValueError(f"sampler.step_size={step_size} must be > 0")
-    sigma2 = operator.sigma_y**2
+    if corrector_steps < 0:
+        raise ValueError(f"sampler.corrector_steps={corrector_steps} must be >= 0")
+    if corrector_size <= 0:
+        raise ValueError(f"sampler.corrector_size={corrector_size} must be > 0")
     ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
     check = FiniteCheck("scoreald", f"sampler.step_size={step_size} too large", timesteps, x.device)
     for i, t in enumerate(timesteps):
-        ab = ab_all[i]
-        x0 = clip_x0(model, model.x0(x, t), clip_denoised)
-        x_prev = ancestral_step(model, x, x0, ab, ab_prev_all[i], generators, last=i + 1 == len(timesteps))
-        r = operator(x / ab.sqrt()) - y
-        gamma2 = (1 - ab) / ab
-        x = x_prev - step_size * (1 - ab) / (ab.sqrt() * (sigma2 + gamma2)) * operator.adjoint(r)
+        ab, last = ab_all[i], i + 1 == len(timesteps)
+        eps, v = model.eps_v(x, t)
+        x0 = clip_x0(model, (x - (1 - ab).sqrt() * eps) / ab.sqrt(), clip_denoised)
+        x0 = x0 + step_size * (1 - ab) / ab.sqrt() * likelihood_score(operator, x, y, ab)
+        x = ancestral_step(model, x, x0, ab, ab_prev_all[i], generators, last=last, v=v)
+        if not last:
+            t_next, ab_next = timesteps[i + 1], ab_all[i + 1]
+            x = _langevin(model, x, t_next, ab_next, y, operator, generators, corrector_steps, corrector_size)
         check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0, "residual": (y - operator(x0)).flatten(1).norm(dim=1)})
     return x
 
 
+def _langevin(
+    model: Any,
+    x: Tensor,
+    t: Tensor,
+    ab: Tensor,
+    y: Tensor,
+    operator: Any,
+    generators: Sequence[torch.Generator],
+    steps: int,
+    size: float,
+) -> Tensor:
+    """``steps`` Langevin steps on p_t(x_t | y) at level t (Jalal et al. 2021, Alg. 1 inner loop, VP form)."""
+    alpha = size * (1 - ab)
+    for _ in range(steps):
+        score = model.score(x, t) + likelihood_score(operator, x, y, ab)
+        x = x + alpha * score + (2 * alpha).sqrt() * per_image_noise(generators, x)
+    return x
+
+
 scoreald.guided = True
+
+
+def network_calls(timesteps: Tensor, corrector_steps: int = 0, **hparams: object) -> int:
+    """UNet evaluations per image (metrics.json ``nfe``): the corrector runs after every step but the last."""
+    return len(timesteps) + (len(timesteps) - 1) * corrector_steps
+
+
+scoreald.network_calls = network_calls

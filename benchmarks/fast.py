@@ -1,0 +1,124 @@
+"""6. Fast posterior samplers vs DPS-200 on deblurring: seconds per image and PSNR, same process, same y.
+
+The bar of issue #11: some sampler reaches DPS-200's PSNR (± 0.2 dB) in ≤ ¼ of its wall time per image
+(default task, 8 digits, batch 8). deepinv's ``DiffPIR`` runs on the same UNet (through deepinv's
+``ScoreModelWrapper``) and the same measurement when deepinv is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+
+from benchmarks import sides
+from benchmarks.common import Settings, compose_cfg, generators, load_model, median, sampler_fn, setup, sync
+from diffexp.metrics import Metrics
+from diffexp.schedule import respaced_timesteps
+
+
+def _num_steps(s: Settings, name: str, task: str) -> int:
+    return int(compose_cfg(s, f"sampler={name}", f"task={task}").sampler.num_steps)
+
+
+def deepinv_diffpir(model: Any, operator: Any, y: torch.Tensor, x: torch.Tensor, seed: int, steps: int) -> torch.Tensor:
+    """deepinv ``DiffPIR`` (its defaults λ = 7, ζ = 0.1) on the same UNet, operator and measurement, in
+    deepinv's [0, 1] convention (y01 = (y + A·1)/2, noise σ_y/2); ``x`` only fixes the shape and device."""
+    import deepinv as dinv
+
+    denoiser = dinv.models.ScoreModelWrapper(
+        functools.partial(model.unet, return_dict=False),
+        prediction_type=model.prediction_type,
+        clip_output=model.clip_sample,
+        scale_t=model.alphas_cumprod.sqrt().float(),
+        variance_preserving=True,
+        takes_integer_time=True,
+        n_timesteps=model.num_train_timesteps,
+        device=x.device,
+    )
+    physics = dinv.physics.LinearPhysics(
+        A=operator.forward,
+        A_adjoint=operator.adjoint,
+        noise_model=dinv.physics.GaussianNoise(sigma=operator.sigma_y / 2),
+    )
+    y01 = (y + operator(torch.ones_like(x))) / 2
+    diffpir = dinv.sampling.DiffPIR(denoiser, dinv.optim.data_fidelity.L2(), sigma=operator.sigma_y / 2,
+                                    max_iter=steps, device=x.device)
+    out = diffpir(y01, physics, seed=seed)
+    return (out.float() * 2 - 1).clamp(-1, 1)
+
+
+def fast(s: Settings, out_dir: Any) -> dict[str, Any]:
+    """Every guided sampler at its defaults vs DPS at ``dps_steps``, on ``fast_images`` images in one batch."""
+    device = setup(s)
+    model = load_model(s, device)
+    task, indices = s.dps_task, list(range(s.fast_images))
+    cfg = compose_cfg(s, f"task={task}")
+    truth = instantiate(cfg.data)(channels=model.channels, size=model.sample_size, num_images=len(indices)).to(device)
+    gens = generators(s.seed, indices, device)
+    operator = instantiate(cfg.task.operator)(image_shape=model.image_shape, generators=gens).to(device)
+    y = operator.measure(truth, gens)
+    steps = {"dps": s.dps_steps}
+    steps.update({name: s.fast_steps or _num_steps(s, name, task) for name in s.fast_samplers})
+    contenders = {
+        name: functools.partial(sides.diffexp_sample, model, sampler_fn(s, name, task), s.seed, indices, n, y=y,
+                                operator=operator)
+        for name, n in steps.items()
+    }
+    notes = [f"Task `{task}` as configured (conf/task/{task}.yaml), the samplers' defaults (conf/sampler/*.yaml, "
+             "per-task step sizes); network calls per image: DAPS = num_steps × ode_steps, others = num_steps "
+             "(DPS and ΠGDM also backpropagate through the UNet)."]
+    x = torch.zeros(len(indices), *model.image_shape, device=device)
+    try:
+        deepinv_diffpir(model, operator, y, x, s.seed, 2)
+        steps["deepinv-diffpir"] = s.fast_steps or 100
+        contenders["deepinv-diffpir"] = functools.partial(
+            deepinv_diffpir, model, operator, y, x, s.seed, steps["deepinv-diffpir"]
+        )
+    except Exception as err:  # noqa: BLE001 - whatever deepinv raises is the result to report
+        notes.append(f"deepinv DiffPIR not compared: {type(err).__name__}: {err}")
+    seconds, outputs = _rounds(contenders, s.repeats, device)
+    metrics = Metrics(lpips=False)
+    rows = []
+    for name, out in outputs.items():
+        values = metrics(out, truth)
+        rows.append({
+            "sampler": name, "nfe": steps[name], "s_per_image": median(seconds[name]) / len(indices),
+            "psnr": sum(values["psnr"]) / len(indices), "ssim": sum(values["ssim"]) / len(indices),
+        })
+    dps_row = rows[0]
+    for row in rows:
+        row["time_ratio"] = row["s_per_image"] / dps_row["s_per_image"]
+        row["psnr_gap"] = row["psnr"] - dps_row["psnr"]
+    winners = [r["sampler"] for r in rows[1:] if r["psnr_gap"] >= -0.2 and r["time_ratio"] <= 0.25]
+    quick = [r["psnr_gap"] for r in rows[1:] if r["time_ratio"] <= 0.25]
+    notes.append("Within 0.2 dB of DPS in <= 1/4 of its time: " + (", ".join(winners) or "none") + ".")
+    return {
+        "title": "6. Fast posterior samplers vs DPS",
+        "setup": f"model={s.model}, task={task}, {len(indices)} images in one batch, {s.repeats} interleaved runs "
+        f"per sampler (median time), DPS with {s.dps_steps} steps",
+        "columns": [("sampler", "sampler", ""), ("nfe", "steps", "d"), ("s_per_image", "s / image", ".3f"),
+                    ("time_ratio", "time / DPS", ".2f"), ("psnr", "PSNR dB", ".2f"), ("psnr_gap", "Δ PSNR dB", "+.2f"),
+                    ("ssim", "SSIM", ".3f")],
+        "rows": rows,
+        "summary": {"best Δ PSNR (dB) among samplers at <= 1/4 of DPS's time": max(quick) if quick else None},
+        "notes": notes,
+    }
+
+
+def _rounds(contenders: dict[str, Any], repeats: int, device: torch.device) -> tuple[dict, dict]:
+    """One untimed run of each, then ``repeats`` timed rounds in alternating order (A B, B A, ...)."""
+    outputs = {name: side() for name, side in contenders.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            sync(device)
+            start = time.perf_counter()
+            outputs[name] = contenders[name]()
+            sync(device)
+            seconds[name].append(time.perf_counter() - start)
+    return seconds, outputs

@@ -1,0 +1,54 @@
+"""The end-of-run summary: a compact table logged (console and the run's log file) when a run ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("diffexp")
+
+
+def _mean_std(stats: dict[str, Any] | None, digits: int) -> str:
+    if not stats or stats.get("mean") is None:
+        return "n/a"
+    std = stats.get("std")
+    return f"{stats['mean']:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{stats['mean']:.{digits}f}"
+
+
+DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "residual": 3}
+
+
+def summary_lines(result: dict[str, Any], out_dir: Path, sync_command: str | None = None) -> list[str]:
+    """The summary of a run's ``metrics.json`` content: status, each metric (mean ± std) next to the
+    baseline's, NFE and s/image, the paths of grid.png and metrics.json, and the ``wandb sync`` command."""
+    status = result.get("status")
+    what = "/".join(str(result.get(k)) for k in ("task", "sampler") if result.get(k))
+    lines = [f"{status}: {what} on {result.get('model')}, "
+             f"{result.get('num_finished', 0)} of {result.get('num_images')} images"]
+    if result.get("error"):
+        lines.append(f"  error: {result['error']}")
+    lines += [f"  warning: {w}" for w in result.get("warnings") or []]
+    metrics, baseline = result.get("metrics") or {}, result.get("baseline") or {}
+    if metrics:
+        lines.append(f"  {'metric':<10}{'result':<22}baseline")
+        for name, stats in metrics.items():
+            digits = DIGITS.get(name, 3)
+            lines.append(f"  {name:<10}{_mean_std(stats, digits):<22}{_mean_std(baseline.get(name), digits)}")
+    seconds = result.get("seconds_per_image")
+    lines.append(f"  NFE {result.get('nfe')}, " + (f"{seconds:.2f} s/image" if seconds is not None else "no image"))
+    out_dir = Path(out_dir)
+    for name in ("grid.png", "metrics.json"):
+        if (out_dir / name).is_file():
+            lines.append(f"  {name + ':':<14}{out_dir / name}")
+    if sync_command:
+        lines.append(f"  W&B offline; upload with: {sync_command}")
+    return lines
+
+
+def log_summary(result: dict[str, Any], out_dir: Path, logger: Any = None) -> None:
+    """Log ``summary_lines`` (a warning unless the run is ok); ``logger`` (the run's tracker) may offer the
+    ``wandb sync`` command of an offline run through ``sync_command()``."""
+    sync = getattr(logger, "sync_command", None)
+    text = "\n".join(summary_lines(result, out_dir, sync() if sync else None))
+    log.log(logging.INFO if result.get("status") == "ok" else logging.WARNING, "%s", text)
