@@ -35,6 +35,7 @@ def summary_lines(result: dict[str, Any], out_dir: Path, sync_command: str | Non
         for name, stats in metrics.items():
             digits = DIGITS.get(name, 3)
             lines.append(f"  {name:<10}{_mean_std(stats, digits):<22}{_mean_std(baseline.get(name), digits)}")
+    lines += _distribution_lines(result.get("distribution"))
     seconds = result.get("seconds_per_image")
     lines.append(f"  NFE {result.get('nfe')}, " + (f"{seconds:.2f} s/image" if seconds is not None else "no image"))
     out_dir = Path(out_dir)
@@ -43,6 +44,26 @@ def summary_lines(result: dict[str, Any], out_dir: Path, sync_command: str | Non
             lines.append(f"  {name + ':':<14}{out_dir / name}")
     if sync_command:
         lines.append(f"  W&B offline; upload with: {sync_command}")
+    return lines
+
+
+def _number(value: Any, digits: int) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _distribution_lines(dist: dict[str, Any] | None) -> list[str]:
+    """FID, KID (mean ± std over subsets) and classifier accuracy / class coverage, next to the baseline's."""
+    if not dist or dist.get("fid") is None:
+        return []
+    lines = [
+        f"  {'fid':<10}{_number(dist['fid'], 2):<22}{_number(dist.get('baseline_fid'), 2)}",
+        f"  {'kid':<10}{_mean_std(dist.get('kid'), 3):<22}{_mean_std(dist.get('baseline_kid'), 3)}",
+    ]
+    if dist.get("accuracy") is not None:
+        lines.append(f"  {'accuracy':<10}{_number(dist['accuracy'], 3):<22}{_number(dist.get('baseline_accuracy'), 3)}")
+    if dist.get("class_coverage") is not None:
+        lines.append(f"  class coverage {_number(dist['class_coverage'], 2)}")
+    lines.append(f"  (FID/KID on {dist.get('num_images')} images, {dist.get('features')} features: biased on small sets)")
     return lines
 
 

@@ -303,3 +303,19 @@ def test_summary_values_flatten_the_block() -> None:
         "baseline/kid/mean": 0.5, "baseline/kid/std": 0.02, "accuracy": 1.0, "baseline/accuracy": 0.5,
     }
     assert dist.summary_values(None) == {}
+
+
+def test_console_summary_shows_fid_kid_and_accuracy_next_to_the_baseline(tmp_path: Path) -> None:
+    from diffexp.console import summary_lines
+
+    result = {
+        "status": "ok", "task": "deblur", "sampler": "dps", "model": "mnist", "num_images": 8, "num_finished": 8,
+        "nfe": 200, "seconds_per_image": 1.0, "metrics": {}, "baseline": {},
+        "distribution": {
+            "features": "mnist", "num_images": 8, "fid": 6.16, "baseline_fid": 658.5, "kid": {"mean": 1.5, "std": 0.25},
+            "baseline_kid": {"mean": 33.8, "std": 2.0}, "accuracy": 1.0, "baseline_accuracy": 0.625,
+        },
+    }
+    lines = [" ".join(line.split()) for line in summary_lines(result, tmp_path)]
+    assert "fid 6.16 658.50" in lines and "kid 1.500 ± 0.250 33.800 ± 2.000" in lines
+    assert "accuracy 1.000 0.625" in lines and any("on 8 images, mnist features" in line for line in lines)

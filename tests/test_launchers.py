@@ -37,9 +37,12 @@ VOLATILE = ("seconds", "seconds_per_image")  # wall-clock fields of metrics.json
         ("submitit_local", "hydra_submitit_launcher.submitit_launcher.LocalLauncher", {"timeout_min": 60}),
         ("slurm", "hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
          {"partition": None, "timeout_min": 240, "gpus_per_node": 1, "cpus_per_task": 8, "mem_gb": 32, "qos": None}),
-        ("ray_cluster", "hydra_ray_launcher.ray_launcher.RayLauncher",
-         {"ray": {"init": {"address": None, "include_dashboard": False, "object_store_memory": None},
-                  "remote": {"num_cpus": 1, "num_gpus": 0, "max_calls": 1}}}),
+        pytest.param(  # the Ray plugin comes with the `ray` extra, which `make test-all` installs
+            "ray_cluster", "hydra_ray_launcher.ray_launcher.RayLauncher",
+            {"ray": {"init": {"address": None, "include_dashboard": False, "object_store_memory": None},
+                     "remote": {"num_cpus": 1, "num_gpus": 0, "max_calls": 1}}},
+            marks=pytest.mark.slow, id="ray_cluster",
+        ),
     ],
 )
 @pytest.mark.filterwarnings("error::UserWarning")  # no "validated against ConfigStore schema" deprecation
