@@ -306,3 +306,27 @@ def test_nfe_counts_every_network_call(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(diffexp.model, "tiny_model", counting)
     result = diffexp.run(make_cfg([*TINY, *overrides, "num_images=1"], tmp_path))
     assert result["nfe"] == nfe == len(calls)
+
+
+def test_unwritable_log_file_warns_instead_of_failing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hydra opens the run's log file before run() starts: an unwritable run dir must not end in "Unable to
+    configure handler 'file'" but reach run()'s own check, which names the directory."""
+    import logging.config
+
+    from diffexp.logfile import RunLogFile
+
+    path = tmp_path / "missing" / "run.log"  # cannot be opened (as root, a missing folder stands in for read-only)
+    logging.config.dictConfig({
+        "version": 1, "disable_existing_loggers": False,
+        "handlers": {"file": {"class": "diffexp.logfile.RunLogFile", "filename": str(path)}},
+        "loggers": {"probe": {"handlers": ["file"], "level": "INFO"}},
+    })
+    handler = logging.getLogger("probe").handlers[0]
+    assert isinstance(handler, RunLogFile) and handler.unusable is not None
+    logging.getLogger("probe").info("dropped")
+    assert not path.exists() and f"cannot write the run's log file {path}" in capsys.readouterr().err
+    ok = RunLogFile(str(tmp_path / "run.log"))
+    ok.emit(logging.LogRecord("x", logging.INFO, __file__, 1, "kept", None, None))
+    ok.close()
+    assert "kept" in (tmp_path / "run.log").read_text()
+    logging.getLogger("probe").handlers.clear()
