@@ -339,6 +339,7 @@ def test_dps_paper_experiment_runs_end_to_end_with_an_adm_checkpoint(tmp_path: P
                   "data=synthetic", "num_images=1", "batch_size=1", "sampler.num_steps=2", "logger=none",
                   "metrics.lpips=false", "runtime.threads=1", f"hydra.run.dir={out}"], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["status"] == "ok"
+    result = json.loads((out / "metrics.json").read_text())  # random weights, 2 steps: ok or diverged
+    assert result["error"] is None and result["status"] in ("ok", "diverged") and result["num_finished"] >= 1
     assert list((out / "images").glob("*.png"))
     assert len(list((tmp_path / "cache").iterdir())) == 1
