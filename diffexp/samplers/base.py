@@ -39,6 +39,12 @@ def per_image_noise(generators: Sequence[torch.Generator], like: Tensor) -> Tens
     )
 
 
+def require_measurement(sampler: str, y: Tensor | None, operator: Any) -> None:
+    """Posterior samplers need ``y`` and ``operator``: a clear error for ``task=generate``."""
+    if y is None or operator is None:
+        raise ValueError(f"sampler={sampler} needs a measurement: use a task with an operator (not task=generate)")
+
+
 def clip_x0(model: Any, x0: Tensor, clip_denoised: bool | None) -> Tensor:
     """Clamp x̂0 to the model's ``clip_sample_range`` when asked (None: the scheduler's ``clip_sample``)."""
     clip = model.clip_sample if clip_denoised is None else clip_denoised

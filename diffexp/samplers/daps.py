@@ -8,10 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, per_image_noise
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, per_image_noise, require_measurement
 from diffexp.schedule import previous_alphas_cumprod, respaced_timesteps
-
-
 def ode_x0(model: Any, x: Tensor, grid: Tensor, clip_denoised: bool | None) -> Tensor:
     """x̂0(x_t): the probability-flow ODE (deterministic DDIM, η = 0) from x_t along ``grid`` (t, ..., 0);
     one step is Tweedie's x̂0 (DAPS's "few-step ODE solve" of x0 given x_t)."""
@@ -88,8 +86,7 @@ def daps(
     approaches). τ (``tau``) is the likelihood's noise level, the measurement's σ_y when null.
     Network calls: len(timesteps)·ode_steps.
     """
-    if y is None or operator is None:
-        raise ValueError("sampler=daps needs a measurement: use a task with an operator (not task=generate)")
+    require_measurement("daps", y, operator)
     if ode_steps < 1:
         raise ValueError(f"sampler.ode_steps={ode_steps} must be >= 1")
     if langevin_steps < 0:
@@ -118,7 +115,7 @@ def daps(
             x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * per_image_noise(generators, x0)
         check(i, x=x, x0=x0)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0, "residual": (y - operator(x0)).flatten(1).norm(dim=1)})
+            callback({"i": i, "t": t, "x": x, "x0": x0})
     return x0
 
 

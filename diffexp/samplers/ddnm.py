@@ -8,10 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
 from diffexp.samplers.ddim import mixed_update
-
-
 def range_null_correction(operator: Any, x0: Tensor, y: Tensor, c2: Tensor | float) -> Tensor:
     """x̂0|y = x̂0 − Σ_t A⁺(A x̂0 − y) with Σ_t A⁺ = Aᵀ(AAᵀ + c²I)⁻¹ (DDNM+ eq. 19; see ``ddnm``).
 
@@ -49,8 +47,7 @@ def ddnm(
     stochastic part is scaled by sqrt(1 − κ²). σ_y = 0 gives DDNM: A x̂0|y = y exactly. Time travel (the
     paper's Algorithm 3) is not implemented.
     """
-    if y is None or operator is None:
-        raise ValueError("sampler=ddnm needs a measurement: use a task with an operator (not task=generate)")
+    require_measurement("ddnm", y, operator)
     if not 0 <= eta <= 1:
         raise ValueError(f"sampler.eta={eta} must lie in [0, 1] (the noise share of the step)")
     sigma_y = operator.sigma_y
@@ -69,7 +66,7 @@ def ddnm(
         x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=i + 1 < len(timesteps), scale=scale)
         check(i, x=x, x0=x0)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0, "residual": (y - operator(x0)).flatten(1).norm(dim=1)})
+            callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
 
 

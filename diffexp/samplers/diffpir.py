@@ -8,10 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
 from diffexp.samplers.ddim import mixed_update
-
-
 def data_step(operator: Any, x0: Tensor, y: Tensor, rho: Tensor) -> Tensor:
     """x̂0' = argmin_x ‖y − A x‖² + ρ‖x − x̂0‖² (DiffPIR eq. 13 with ρ = ρ_t), by ``operator.prox``.
 
@@ -47,8 +45,7 @@ def diffpir(
     ``zeta`` = ζ ∈ [0, 1] is the share of fresh noise (ζ = 0: deterministic, DDIM-like). The prox is
     the operator's closed form (identity, masks, average pooling, circular blur) or conjugate gradients.
     """
-    if y is None or operator is None:
-        raise ValueError("sampler=diffpir needs a measurement: use a task with an operator (not task=generate)")
+    require_measurement("diffpir", y, operator)
     if lam <= 0:
         raise ValueError(f"sampler.lam={lam} must be > 0")
     if not 0 <= zeta <= 1:
@@ -63,7 +60,7 @@ def diffpir(
         x = mixed_update(x0, eps, ab_prev, zeta, generators, noise=i + 1 < len(timesteps))
         check(i, x=x, x0=x0)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0, "residual": (y - operator(x0)).flatten(1).norm(dim=1)})
+            callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
 
 

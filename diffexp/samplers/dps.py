@@ -8,9 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas
-
-
+from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas, require_measurement
 def safe_norm(r: Tensor) -> Tensor:
     """Row norms ‖r_i‖₂ whose gradient is 0 (a subgradient) for an all-zero row instead of 0/0 = NaN."""
     zero = (r == 0).all(dim=1, keepdim=True)
@@ -36,8 +34,7 @@ def dps(
     learned-variance model's own variance is used in the ancestral step (its ``p_sample``); unlike it,
     the norm is taken per image, so an image's result never depends on its batch. ``step_size`` = ζ.
     """
-    if y is None or operator is None:
-        raise ValueError("sampler=dps needs a measurement: use a task with an operator (not task=generate)")
+    require_measurement("dps", y, operator)
     if step_size <= 0:
         raise ValueError(f"sampler.step_size={step_size} must be > 0")
     ab_all, ab_prev_all = grid_alphas(model, timesteps, x)

@@ -8,10 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
 from diffexp.samplers.ddim import ddim_sigma, ddim_update
-
-
 def pigdm_guidance(model: Any, x: Tensor, t: Tensor, y: Tensor, operator: Any, ab: Tensor) -> tuple[Tensor, Tensor]:
     """(x̂0, g) with g = ((y − A x̂0)ᵀ(r_t²AAᵀ + σ_y²I)⁻¹ A ∂x̂0/∂x_t)ᵀ (ΠGDM eq. 8), r_t² = 1 − ᾱ_t.
 
@@ -51,8 +49,7 @@ def pigdm(
     p(x0 | x_t) is Gaussian with covariance r_t²I (an isotropic unit-variance Gaussian prior). No graph is
     kept across steps.
     """
-    if y is None or operator is None:
-        raise ValueError("sampler=pigdm needs a measurement: use a task with an operator (not task=generate)")
+    require_measurement("pigdm", y, operator)
     if step_size <= 0:
         raise ValueError(f"sampler.step_size={step_size} must be > 0")
     if eta < 0:
@@ -68,7 +65,7 @@ def pigdm(
         x = ddim_update(x0, eps, ab_prev, sigma, generators, noise=eta > 0 and i + 1 < len(timesteps))
         check(i, x=x, x0=x0)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0, "residual": (y - operator(x0)).flatten(1).norm(dim=1)})
+            callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
 
 

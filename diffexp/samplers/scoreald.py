@@ -8,9 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas, per_image_noise
-
-
+from diffexp.samplers.base import (
+    Callback,
+    FiniteCheck,
+    ancestral_step,
+    clip_x0,
+    grid_alphas,
+    per_image_noise,
+    require_measurement,
+)
 def likelihood_score(operator: Any, x: Tensor, y: Tensor, ab: Tensor) -> Tensor:
     """∇_{x_t} log p(y | x_t) with p(y | x_t) ≈ N(y; A x̃_t, σ_y²I + γ_t²AAᵀ), x̃_t = x_t/sqrt(ᾱ_t),
     γ_t² = (1−ᾱ_t)/ᾱ_t: Aᵀ(σ_y²I + γ_t²AAᵀ)⁻¹(y − A x̃_t)/sqrt(ᾱ_t).
@@ -61,8 +67,7 @@ def scoreald(
     moves x by a fixed fraction of the noise level at every t', which is Jalal et al.'s α ∝ γ² in VP
     units; the likelihood term is the same propagated-covariance score as the predictor.
     """
-    if y is None or operator is None:
-        raise ValueError("sampler=scoreald needs a measurement: use a task with an operator (not task=generate)")
+    require_measurement("scoreald", y, operator)
     if step_size <= 0:
         raise ValueError(f"sampler.step_size={step_size} must be > 0")
     if corrector_steps < 0:
@@ -82,7 +87,7 @@ def scoreald(
             x = _langevin(model, x, t_next, ab_next, y, operator, generators, corrector_steps, corrector_size)
         check(i, x=x, x0=x0)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0, "residual": (y - operator(x0)).flatten(1).norm(dim=1)})
+            callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
 
 
