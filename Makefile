@@ -63,7 +63,7 @@ train: $(STAMP) ## Train the MNIST model: make train DATA=/path/to/mnist [ARGS='
 train-classifier: $(STAMP) ## Train the MNIST classifier of the mnist FID/KID features: make train-classifier DATA=/path/to/mnist
 	$(PY) -m diffexp.train_classifier data.path=$(DATA) $(ARGS)
 
-SWEEP := $(PY) run.py -m logger=none
+SWEEP := $(PY) run.py -m logger=none overwrite=true  # tune/table regenerate their fixed sweep dirs
 
 tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<task>-<sampler>/summary.md
 	-$(SWEEP) task=denoise sampler=dps sampler.step_size=0.3,0.5,1 hydra.sweep.dir=outputs/tune/denoise-dps

@@ -58,7 +58,9 @@ def _check_writable(out_dir: Path) -> None:
     if not os.access(out_dir, os.W_OK | os.X_OK):
         problems.append(f"{out_dir} is not writable")
     if problems:
-        raise ConfigError(problems, title="output directory unusable (choose another hydra.run.dir)")
+        raise ConfigError(
+            problems, title="output directory unusable (choose another hydra.run.dir or hydra.sweep.dir)"
+        )
 
 
 def _lock(out_dir: Path) -> IO[str]:
@@ -69,7 +71,7 @@ def _lock(out_dir: Path) -> IO[str]:
         stream.close()
         raise ConfigError(
             [f"{out_dir} is being written by another run (lock {out_dir / LOCK_FILE} is held)"],
-            title="output directory in use (wait for that run, or choose another hydra.run.dir)",
+            title="output directory in use (wait for that run, or choose another hydra.run.dir or hydra.sweep.dir)",
         ) from None
     return stream
 
@@ -128,7 +130,8 @@ def claim(out_dir: Path, *, resume: bool, overwrite: bool) -> Claim:
                 raise ConfigError(
                     [
                         f"{out_dir} already holds results of an earlier run; pass resume=true to continue it, "
-                        "overwrite=true to replace them, or choose another hydra.run.dir"
+                        "overwrite=true to replace them, or choose another output dir (hydra.run.dir, or "
+                        "hydra.sweep.dir in a multirun)"
                     ],
                     title="output directory not empty",
                 )
