@@ -70,16 +70,21 @@ tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<t
 	-$(SWEEP) task=inpaint sampler=dps sampler.step_size=1,2,3,5 hydra.sweep.dir=outputs/tune/inpaint-dps
 	-$(SWEEP) task=deblur sampler=dps sampler.step_size=2,3,5 hydra.sweep.dir=outputs/tune/deblur-dps
 	-$(SWEEP) task=super_resolution sampler=dps sampler.step_size=2,3,5 hydra.sweep.dir=outputs/tune/super_resolution-dps
-	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald,pigdm,ddnm,diffpir,daps sampler.num_steps=50 hydra.sweep.dir=outputs/tune/new-50
-	-$(SWEEP) task=denoise,inpaint,super_resolution sampler=scoreald sampler.step_size=1,2,4,8 hydra.sweep.dir=outputs/tune/scoreald-eta
-	-$(SWEEP) task=inpaint sampler=scoreald sampler.step_size=1,4 sampler.corrector_steps=1 hydra.sweep.dir=outputs/tune/scoreald-corrector
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald,pigdm,ddnm,diffpir,daps,reddiff sampler.num_steps=50 hydra.sweep.dir=outputs/tune/new-50
+	-$(SWEEP) task=inpaint,super_resolution sampler=scoreald sampler.corrector_steps=0 sampler.step_size=1,2,4,8,16 sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-eta
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald sampler.step_size=1,4 sampler.corrector_steps=1,3 sampler.corrector_size=0.5,1 hydra.sweep.dir=outputs/tune/scoreald-corrector
 	-$(SWEEP) task=deblur,super_resolution sampler=pigdm sampler.step_size=1,2 hydra.sweep.dir=outputs/tune/pigdm-w
 	-$(SWEEP) task=inpaint,super_resolution,deblur sampler=diffpir sampler.lam=1,7,50 sampler.zeta=0.3,1 hydra.sweep.dir=outputs/tune/diffpir-lam-zeta
 	-$(SWEEP) task=deblur sampler=ddnm sampler.eta=0.85,1 sampler.num_steps=50,100 hydra.sweep.dir=outputs/tune/ddnm-deblur
+	-$(SWEEP) task=inpaint sampler=ddnm num_images=32 sampler.travel_length=1,10 sampler.travel_repeat=1,2,3 hydra.sweep.dir=outputs/tune/ddnm-travel
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=reddiff sampler.lam=0.05,0.25,1,4 sampler.lr=0.05,0.1,0.5 hydra.sweep.dir=outputs/tune/reddiff
+	-$(SWEEP) task=inpaint,deblur,super_resolution sampler=reddiff sampler.lam=0.003,0.01,0.05 sampler.lr=0.5,1 hydra.sweep.dir=outputs/tune/reddiff-small-lam
+	-$(SWEEP) task=inpaint,deblur,super_resolution sampler=reddiff sampler.num_steps=50,100,200 hydra.sweep.dir=outputs/tune/reddiff-steps
+	-$(SWEEP) task=denoise sampler=reddiff sampler.lam=2,4,8,16,64 sampler.num_steps=50,100,200 hydra.sweep.dir=outputs/tune/reddiff-denoise
 	-$(SWEEP) task=inpaint,deblur sampler=daps sampler.num_steps=50,100 sampler.ode_steps=1,2 hydra.sweep.dir=outputs/tune/daps-levels
-	-$(SWEEP) task=denoise,super_resolution sampler=scoreald sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-steps
-	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald,pigdm,ddnm,diffpir,daps data.offset=8 hydra.sweep.dir=outputs/tune/unseen
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-steps
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald,pigdm,ddnm,diffpir,daps,reddiff data.offset=8 hydra.sweep.dir=outputs/tune/unseen
 
 table: $(STAMP) ## The README's task × sampler table with the defaults: outputs/table/summary.md
-	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald,pigdm,ddnm,diffpir,daps hydra.sweep.dir=outputs/table
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald,pigdm,ddnm,diffpir,daps,reddiff hydra.sweep.dir=outputs/table
 	$(PY) -m benchmarks.defaults_table outputs/table

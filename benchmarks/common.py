@@ -51,7 +51,7 @@ class Settings:
     memory_batch: int = 8  # 1. and 5. peak memory, one fresh process per side
     memory_steps: int = 3
     fast_images: int = 8  # 6. fast samplers vs DPS (deblur, one batch)
-    fast_samplers: tuple[str, ...] = ("scoreald", "pigdm", "ddnm", "diffpir", "daps")
+    fast_samplers: tuple[str, ...] = ("scoreald", "pigdm", "ddnm", "diffpir", "daps", "reddiff")
     fast_steps: int = 0  # 0: each sampler's default num_steps
 
 

@@ -140,6 +140,13 @@ def _diagnose(err: SamplingDivergedError, model: DiffusionModel, x: torch.Tensor
     )
 
 
+def _steps_per_batch(sample: Any, timesteps: torch.Tensor) -> int:
+    """Callbacks per batch (progress bar, W&B ``sampling/step``): one per grid step unless the sampler declares
+    ``sampling_steps(timesteps)`` (DDNM's time travel samples stretches of the grid again)."""
+    count = getattr(sample.func, "sampling_steps", None)
+    return int(count(timesteps, **sample.keywords)) if count is not None else len(timesteps)
+
+
 def _network_calls(sample: Any, timesteps: torch.Tensor) -> int:
     """UNet evaluations per image: one per grid step unless the sampler declares ``network_calls(timesteps)``."""
     count = getattr(sample.func, "network_calls", None)
@@ -188,7 +195,7 @@ def _run(
     if sdedit and not cfg.task.get("sdedit", False):
         raise ConfigError(
             [f"sampler={cfg.sampler.name} cannot solve task={cfg.task.name}: it needs measurement guidance; "
-             "use a posterior sampler (dps, scoreald, pigdm, ddnm, diffpir, daps)"]
+             "use a posterior sampler (dps, scoreald, pigdm, ddnm, diffpir, daps, reddiff)"]
         )
     if guided and not has_truth:
         raise ConfigError([f"sampler={cfg.sampler.name} needs a measurement; task=generate supports ddpm, ddim"])
@@ -218,7 +225,8 @@ def _run(
     logger = instantiate(cfg.logger)(cfg=cfg, output_dir=out_dir)
     todo = [i for i in range(cfg.num_images) if i not in recorder.done]
     batches = [todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)]
-    progress = tqdm(total=len(batches) * len(grid), desc=f"{cfg.task.name}/{cfg.sampler.name}", unit="step")
+    steps = _steps_per_batch(sample, grid)
+    progress = tqdm(total=len(batches) * steps, desc=f"{cfg.task.name}/{cfg.sampler.name}", unit="step")
     status, error, exit_code = "failed", None, 1
     try:
         with _signals():
@@ -237,7 +245,7 @@ def _run(
                     truth = operator = y = None
                     x = torch.stack([torch.randn(model.image_shape, generator=g, device=device) for g in gens])
                 callback = functools.partial(
-                    _on_step, progress=progress, logger=logger, operator=operator, y=y, offset=number * len(grid)
+                    _on_step, progress=progress, logger=logger, operator=operator, y=y, offset=number * steps
                 )
                 try:
                     out = sample(model, x, timesteps=grid, generators=gens, y=y, operator=operator, callback=callback)

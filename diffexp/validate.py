@@ -93,9 +93,12 @@ RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("sampler.corrector_steps", _int_at_least(0), "an integer >= 0"),
     ("sampler.corrector_size", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     ("sampler.lam", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    ("sampler.lr", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     ("sampler.zeta", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     ("sampler.ode_steps", _int_at_least(1), "an integer >= 1"),
     ("sampler.langevin_steps", _int_at_least(0), "an integer >= 0"),
+    ("sampler.travel_length", _int_at_least(1), "an integer >= 1 (and < num_steps with travel_repeat > 1)"),
+    ("sampler.travel_repeat", _int_at_least(1), "an integer >= 1 (1: no time travel)"),
     ("sampler.tau", lambda v: v is None or _is_number(v) and v >= 0, "null (task.sigma_y) or a finite number >= 0"),
     ("sampler.clip_denoised", lambda v: v is None or isinstance(v, bool), "null, true or false"),
     ("task.sigma_y", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
@@ -222,6 +225,18 @@ def _path_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
+def _travel_problems(cfg: DictConfig) -> list[str]:
+    """DDNM's time travel jumps back ``travel_length`` grid steps: fewer than ``num_steps``."""
+    keys = ("travel_length", "travel_repeat", "num_steps")
+    length, repeat, steps = (OmegaConf.select(cfg, f"sampler.{k}") for k in keys)
+    if all(_is_int(v) for v in (length, repeat, steps)) and repeat > 1 and length >= steps:
+        return [
+            f"sampler.travel_length={length} is invalid with sampler.travel_repeat={repeat}: allowed is "
+            f"1..{steps - 1} (fewer than sampler.num_steps={steps})"
+        ]
+    return []
+
+
 def config_problems(cfg: DictConfig) -> list[str]:
     """Every missing value, unknown key, out-of-range setting and missing input path (empty: all good)."""
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -232,7 +247,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not ok(value):
             problems.append(f"{_source_key(cfg, key)}={value!r} is invalid: allowed is {allowed}")
-    return problems + _path_problems(cfg)
+    return problems + _travel_problems(cfg) + _path_problems(cfg)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -129,9 +129,10 @@ def test_official_dps_loop_equals_diffexp_dps_at_batch_1() -> None:
     ("sampler", "task", "expected", "nfe"),
     [
         ("dps", "deblur", "step_size 5", 200),
-        ("scoreald", "inpaint", "step_size 4, corrector_steps 0", 200),
+        ("scoreald", "inpaint", "step_size 1, corrector_steps 1, corrector_size 1", 399),
         ("diffpir", "deblur", "lam 1, zeta 1", 100),
         ("daps", "deblur", "step_size 0.5, ode_steps 1", 100),
+        ("reddiff", "deblur", "lam 0.05, lr 0.5", 100),
     ],
 )
 def test_defaults_table_reports_the_resolved_per_task_step_size(

@@ -52,11 +52,13 @@ def test_scoreald_is_exact_with_a_broad_prior(op: str) -> None:
     assert_exact(r)
 
 
-def test_scoreald_langevin_corrector_keeps_the_posterior() -> None:
+@pytest.mark.parametrize("size", [0.1, 1.0])
+def test_scoreald_langevin_corrector_keeps_the_posterior(size: float) -> None:
     """Jalal et al.'s corrector is Langevin dynamics on p_t(x_t | y): it leaves that law invariant (up to its
-    O(α) discretisation), so in the exact regime above the samples keep the exact mean and variance."""
+    O(α) discretisation), so in the exact regime above the samples keep the exact mean and variance, with the
+    shipped size 1 too (α = 1−ᾱ_t is small next to the broad prior's variance ᾱ_t·s² + 1−ᾱ_t)."""
     r = posterior_error(scoreald, OPERATORS["identity"](0.4), s2=10.0, num_samples=400, num_steps=90, t_start=90,
-                        clip_denoised=False, corrector_steps=1, corrector_size=0.1)
+                        clip_denoised=False, corrector_steps=1, corrector_size=size)
     assert_exact(r)
 
 

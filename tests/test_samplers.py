@@ -1,9 +1,10 @@
-"""The guided samplers ScoreALD, ΠGDM, DDNM+, DiffPIR and DAPS against independent computations of their
+"""The guided samplers ScoreALD, ΠGDM, DDNM+, DiffPIR, DAPS and RED-diff against independent computations of their
 papers' equations on toy problems (dense matrices, closed-form limits, optimality conditions), plus seeds,
 batch independence, σ_y = 0, validation errors and the shipped configs."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import FAST, make_cfg
 from diffusers import DDPMScheduler
 
+import diffexp.samplers.ddnm
 from diffexp.experiment import run
 from diffexp.gaussian import dense_matrix, gaussian_oracle
 from diffexp.model import DiffusionModel, tiny_unet
@@ -18,16 +20,18 @@ from diffexp.operators.blur import Blur
 from diffexp.operators.identity import Identity
 from diffexp.operators.inpaint import Inpaint
 from diffexp.operators.super_resolution import SuperResolution
+from diffexp.samplers.base import per_image_noise
 from diffexp.samplers.daps import daps, gaussian_x0_draw, langevin_x0
-from diffexp.samplers.ddnm import ddnm
+from diffexp.samplers.ddnm import ddnm, travel_schedule
 from diffexp.samplers.diffpir import diffpir
 from diffexp.samplers.pigdm import pigdm, pigdm_guidance
+from diffexp.samplers.reddiff import reddiff, reddiff_gradient
 from diffexp.samplers.scoreald import scoreald
 from diffexp.schedule import respaced_timesteps
 from diffexp.validate import ConfigError, validate
 
 SHAPE = (1, 8, 8)
-NEW = [scoreald, pigdm, ddnm, diffpir, daps]
+NEW = [scoreald, pigdm, ddnm, diffpir, daps, reddiff]
 T = 600  # a one-step grid at t: the update returns its (guided) x̂0, since ᾱ_prev = 1 after the last step
 
 
@@ -159,7 +163,53 @@ def test_daps_exact_draw_and_langevin_sample_the_gaussian_of_its_x0_step() -> No
         assert (ratio.mean() - 1).abs() < tol, ratio.mean()
 
 
-@pytest.mark.parametrize("sampler", NEW)
+@pytest.mark.parametrize("name", ["identity", "inpaint", "sr2", "blur_reflect"])
+def test_reddiff_gradient_is_the_gradient_of_the_papers_loss(model, name: str) -> None:
+    """∇_μ Σ_i [‖y_i − Aμ_i‖²/(2m) + λ_t⟨sg(ε̂_i − ε_i), μ_i⟩/n] by autograd on the written-out loss (dense A)."""
+    op = _ops(0.1)[name].double()
+    mu, y = _xy(op)
+    eps = torch.randn(mu.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ab = model.alphas_cumprod[T]
+    lam_t = 0.3 * ((1 - ab) / ab).sqrt()
+    eps_hat = model.eps(ab.sqrt() * mu + (1 - ab).sqrt() * eps, T)
+    a = dense_matrix(op, SHAPE)
+    leaf = mu.flatten(1).clone().requires_grad_(True)
+    r = y.flatten(1) - leaf @ a.T
+    loss = (r**2).sum() / (2 * a.shape[0]) + lam_t * ((eps_hat - eps).flatten(1).detach() * leaf).sum() / 64
+    (expected,) = torch.autograd.grad(loss, leaf)
+    torch.testing.assert_close(reddiff_gradient(op, mu, y, eps_hat, eps, lam_t).flatten(1), expected)
+
+
+@pytest.mark.parametrize("name", ["inpaint", "sr2"])
+def test_reddiff_is_adam_on_the_papers_loss_from_the_pseudoinverse(model, name: str) -> None:
+    """Three steps of Algorithm 1 written out: μ = A⁺y (dense pinv), then per t (high to low) ε ~ N(0, I) from
+    the image's generator, x_t = sqrt(ᾱ)μ + sqrt(1−ᾱ)ε, the loss's gradient by autograd (dense A), and a
+    hand-written Adam step (β = 0.9, 0.99, bias-corrected)."""
+    op = _ops(0.1)[name].double()
+    _, y = _xy(op)
+    grid, lam, lr = respaced_timesteps(1000, 3), 0.7, 0.05
+    out = reddiff(model, torch.zeros(2, *SHAPE, dtype=torch.float64), timesteps=grid, generators=_gens(2), y=y,
+                  operator=op, lam=lam, lr=lr)
+    a = dense_matrix(op, SHAPE)
+    mu = (y.flatten(1) @ torch.linalg.pinv(a).T).reshape(2, *SHAPE)
+    m1, m2, gens = torch.zeros_like(mu), torch.zeros_like(mu), _gens(2)
+    for k, t in enumerate(grid.tolist(), start=1):
+        ab = model.alphas_cumprod[t]
+        eps = per_image_noise(gens, mu)
+        eps_hat = model.eps(ab.sqrt() * mu + (1 - ab).sqrt() * eps, t)
+        leaf = mu.clone().requires_grad_(True)
+        r = y.flatten(1) - leaf.flatten(1) @ a.T
+        reg = lam * ((1 - ab) / ab).sqrt() * ((eps_hat - eps).detach() * leaf).sum() / 64
+        (g,) = torch.autograd.grad((r**2).sum() / (2 * a.shape[0]) + reg, leaf)
+        m1, m2 = 0.9 * m1 + 0.1 * g, 0.99 * m2 + 0.01 * g**2
+        mu = mu - lr * (m1 / (1 - 0.9**k)) / ((m2 / (1 - 0.99**k)).sqrt() + 1e-8)
+    torch.testing.assert_close(out, mu)
+
+
+TRAVEL = pytest.param(functools.partial(ddnm, travel_length=2, travel_repeat=3), id="ddnm-travel")
+
+
+@pytest.mark.parametrize("sampler", [*NEW, TRAVEL])
 def test_same_seed_same_result_and_an_image_does_not_depend_on_its_batch(sampler) -> None:
     model = DiffusionModel(tiny_unet(8, 1, seed=2), DDPMScheduler())
     gens = lambda idx: [torch.Generator().manual_seed(100 + i) for i in idx]  # noqa: E731
@@ -200,6 +250,11 @@ def test_noiseless_measurements_run_without_division_by_zero(sampler, name: str)
         (diffpir, {"zeta": 2.0}, r"sampler\.zeta=2\.0 must lie in \[0, 1\]"),
         (daps, {"ode_steps": 0}, r"sampler\.ode_steps=0 must be >= 1"),
         (daps, {"langevin_steps": 3, "tau": 0.0}, r"sampler\.tau=0\.0 .* > 0 with sampler\.langevin_steps > 0"),
+        (reddiff, {"lam": 0.0}, r"sampler\.lam=0\.0 must be > 0"),
+        (reddiff, {"lr": -1.0}, r"sampler\.lr=-1\.0 must be > 0"),
+        (ddnm, {"travel_length": 0}, r"sampler\.travel_length=0 must be >= 1"),
+        (ddnm, {"travel_repeat": 0}, r"sampler\.travel_repeat=0 must be >= 1"),
+        (ddnm, {"travel_repeat": 2}, r"sampler\.travel_length=1 must be < the number of grid steps \(1\)"),
     ],
 )
 def test_bad_hyperparameters_fail_before_compute(sampler, kwargs: dict, pattern: str) -> None:
@@ -218,10 +273,10 @@ def test_every_new_sampler_needs_a_measurement(sampler) -> None:
 def test_attributes_tell_run_what_each_sampler_needs() -> None:
     assert all(s.guided for s in NEW)
     assert pigdm.needs_unet_grad
-    assert not any(getattr(s, "needs_unet_grad", False) for s in (scoreald, ddnm, diffpir, daps))
+    assert not any(getattr(s, "needs_unet_grad", False) for s in (scoreald, ddnm, diffpir, daps, reddiff))
 
 
-@pytest.mark.parametrize("name", ["scoreald", "pigdm", "ddnm", "diffpir", "daps"])
+@pytest.mark.parametrize("name", ["scoreald", "pigdm", "ddnm", "diffpir", "daps", "reddiff"])
 def test_config_runs_end_to_end(name: str, tmp_path: Path) -> None:
     result = run(make_cfg([*FAST, f"sampler={name}", "task=inpaint"], tmp_path))
     # the tiny model is untrained: its 3-step outputs may be flagged "diverged" (residual far above σ_y)
@@ -238,8 +293,98 @@ def test_config_runs_end_to_end(name: str, tmp_path: Path) -> None:
         (["sampler=daps", "sampler.langevin_steps=-2"], r"sampler\.langevin_steps=-2 is invalid"),
         (["sampler=scoreald", "sampler.corrector_steps=-1"], r"sampler\.corrector_steps=-1 is invalid"),
         (["sampler=scoreald", "sampler.corrector_size=0"], r"sampler\.corrector_size=0 is invalid"),
+        (["sampler=reddiff", "sampler.lr=0"], r"sampler\.lr=0 is invalid: allowed is a finite number > 0"),
+        (["sampler=ddnm", "sampler.travel_repeat=0"], r"sampler\.travel_repeat=0 is invalid: allowed is an integer >= 1"),
+        (
+            ["sampler=ddnm", "sampler.travel_length=3", "sampler.travel_repeat=2"],
+            r"sampler\.travel_length=3 is invalid with sampler\.travel_repeat=2: allowed is 1\.\.2",
+        ),
     ],
 )
 def test_config_validation_names_the_bad_hyperparameter(overrides: list[str], pattern: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=pattern):
         validate(make_cfg([*FAST, *overrides], tmp_path))
+
+
+# ---------------------------------------------------------------- DDNM time travel (Algorithm 3)
+
+
+def test_time_travel_schedule_is_the_authors_jump_schedule_by_hand() -> None:
+    """get_schedule_jump(6, 2, 2) visits the authors' levels 5 4 3 2 [3 4] 3 2 1 0 [1 2] 1 0 −1: jump points at
+    levels 0 and 2 (indices 5 and 3 of our grid), each stretch of 2 steps sampled twice."""
+    assert travel_schedule(6, 2, 2) == [0, 1, 2, 3, 1, 2, 3, 4, 5, 3, 4, 5, 6]
+    assert travel_schedule(3, 1, 3) == [0, 1, 0, 1, 0, 1, 2, 1, 2, 1, 2, 3]
+    assert travel_schedule(4, 3, 5) == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 4]
+    assert travel_schedule(5, 2, 1) == list(range(6))
+
+
+def test_time_travel_visits_the_schedule_and_jumps_back_by_the_forward_diffusion(
+    model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The callback sees the grid steps of the jump schedule with a monotone ``i``; after a jump from level t
+    to t' the UNet gets sqrt(ᾱ_t'/ᾱ_t)·x_t + sqrt(1 − ᾱ_t'/ᾱ_t)·z, x_t the state before the jump."""
+    op = _ops(0.1)["inpaint"].double()
+    x, y = _xy(op)
+    grid = respaced_timesteps(1000, 6)
+    drawn: list[torch.Tensor] = []  # the noise of each jump back (ddnm's own draws; its DDIM steps draw in ddim)
+    inputs: list[torch.Tensor] = []  # the UNet's inputs
+    monkeypatch.setattr(diffexp.samplers.ddnm, "per_image_noise", lambda g, like: drawn.append(per_image_noise(g, like))
+                        or drawn[-1])
+    real_eps = model.eps
+    monkeypatch.setattr(model, "eps", lambda z, t: inputs.append(z) or real_eps(z, t))
+    states: list[dict] = []
+    ddnm(model, x, timesteps=grid, generators=_gens(2), y=y, operator=op, callback=states.append,
+         travel_length=2, travel_repeat=2)
+    steps = [0, 1, 2, 1, 2, 3, 4, 3, 4, 5]  # the denoising moves of [0, 1, 2, 3, 1, 2, 3, 4, 5, 3, 4, 5, 6]
+    assert [s["i"] for s in states] == list(range(10))
+    assert [int(s["t"]) for s in states] == grid[steps].tolist()
+    assert len(drawn) == 2 and len(inputs) == 10
+    ab = model.alphas_cumprod
+    for k, (before, to, frm) in enumerate([(2, 1, 3), (6, 3, 5)]):  # callback index before the jump, levels
+        ratio = ab[grid[to]] / ab[grid[frm]]
+        expected = ratio.sqrt() * states[before]["x"] + (1 - ratio).sqrt() * drawn[k]
+        torch.testing.assert_close(inputs[before + 1], expected, rtol=0, atol=1e-12)
+
+
+def test_time_travel_off_reproduces_ddnm_without_it(model) -> None:
+    """travel_repeat = 1 (any travel_length) is the plain DDNM+ chain, bit for bit; the numbers are the
+    output of the code before time travel was added (same tiny model, inputs and seeds)."""
+    op = Inpaint(SHAPE, _gens(2), 0.1, mask="box", box_size=4).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
+    y = op(torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)) * 0.5
+    run_ = functools.partial(ddnm, model, x, timesteps=respaced_timesteps(1000, 6), y=y, operator=op)
+    out = run_(generators=_gens(2))
+    torch.testing.assert_close(run_(generators=_gens(2), travel_length=3, travel_repeat=1), out, rtol=0, atol=0)
+    assert out.sum().item() == pytest.approx(-1256.9580227234474, rel=1e-9)
+    assert (out**2).sum().item() == pytest.approx(1355238.5873411736, rel=1e-9)
+    assert out.flatten()[[0, 37, 100]].tolist() == pytest.approx([-0.4213830276123293, -307.3811868365561,
+                                                                  -82.98500606255216], rel=1e-9)
+
+
+@pytest.mark.parametrize(("num_steps", "length", "repeat", "calls"), [(6, 2, 2, 10), (7, 2, 3, 7 + 2 * 2 * 3),
+                                                                       (5, 1, 1, 5), (10, 3, 2, 10 + 3 * 3)])
+def test_ddnm_network_calls_count_every_unet_call(num_steps: int, length: int, repeat: int, calls: int) -> None:
+    model = DiffusionModel(tiny_unet(8, 1, seed=2), DDPMScheduler())
+    made: list[int] = []
+    model.unet.register_forward_hook(lambda m, i, out: made.append(1))
+    grid = respaced_timesteps(1000, num_steps)
+    op = Identity(SHAPE, _gens(1), 0.1)
+    ddnm(model, torch.zeros(1, *SHAPE), timesteps=grid, generators=_gens(1), y=torch.zeros(1, *SHAPE), operator=op,
+         travel_length=length, travel_repeat=repeat)
+    assert ddnm.network_calls(grid, travel_length=length, travel_repeat=repeat, eta=1.0) == len(made) == calls
+
+
+def test_time_travel_run_logs_monotone_steps_and_counts_its_network_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a run, W&B's ``sampling/step`` stays monotone over batches with time travel (5 steps per image:
+    3 grid steps, each of the 2 lower stretches sampled twice) and metrics.json's ``nfe`` is 5."""
+    from diffexp.loggers.none import NoLogger
+
+    steps: list[int] = []
+    monkeypatch.setattr(NoLogger, "log_every", 1)
+    monkeypatch.setattr(NoLogger, "log_step", lambda self, state, **kw: steps.append(state["step"]))
+    overrides = [*FAST, "sampler=ddnm", "task=inpaint", "batch_size=1", "sampler.travel_repeat=2"]
+    result = run(make_cfg(overrides, tmp_path))
+    assert steps == list(range(10)) and result["nfe"] == 5

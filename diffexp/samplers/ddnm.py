@@ -8,8 +8,39 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, per_image_noise, require_measurement
 from diffexp.samplers.ddim import mixed_update
+
+
+def travel_schedule(num_steps: int, travel_length: int, travel_repeat: int) -> list[int]:
+    """The grid indices DDNM's time travel visits (Algorithm 3; the authors' ``get_schedule_jump``): 0 is
+    the first step's x_t, ``num_steps`` the result; +1 is a denoising step, −l a jump back of l steps.
+
+    The authors' level j (0 the last noisy level) is our index num_steps − 1 − j. Arriving at a level
+    j ∈ {0, l, 2l, ...} below num_steps − l by a denoising step, the chain jumps back to j + l, r − 1
+    times in all, so each such stretch of l steps is sampled r times; r = 1: 0, 1, ..., num_steps.
+    """
+    if travel_length < 1:
+        raise ValueError(f"sampler.travel_length={travel_length} must be >= 1 (grid steps per jump back)")
+    if travel_repeat < 1:
+        raise ValueError(f"sampler.travel_repeat={travel_repeat} must be >= 1 (1: no time travel)")
+    if travel_repeat > 1 and travel_length >= num_steps:
+        raise ValueError(
+            f"sampler.travel_length={travel_length} must be < the number of grid steps ({num_steps}) with "
+            f"sampler.travel_repeat={travel_repeat} > 1"
+        )
+    jumps_left = {num_steps - 1 - j: travel_repeat - 1 for j in range(0, num_steps - travel_length, travel_length)}
+    path, index = [0], 0
+    while index < num_steps:
+        index += 1
+        path.append(index)
+        if jumps_left.get(index, 0) > 0:
+            jumps_left[index] -= 1
+            index -= travel_length
+            path.append(index)
+    return path
+
+
 def range_null_correction(operator: Any, x0: Tensor, y: Tensor, c2: Tensor | float) -> Tensor:
     """x̂0|y = x̂0 − Σ_t A⁺(A x̂0 − y) with Σ_t A⁺ = Aᵀ(AAᵀ + c²I)⁻¹ (DDNM+ eq. 19; see ``ddnm``).
 
@@ -31,6 +62,8 @@ def ddnm(
     operator: Any = None,
     callback: Callback | None = None,
     eta: float = 1.0,
+    travel_length: int = 1,
+    travel_repeat: int = 1,
     clip_denoised: bool | None = None,
 ) -> Tensor:
     """DDNM+: replace the range-space part of Tweedie's x̂0 by A⁺y, then step to t-1 as the authors' code:
@@ -44,17 +77,30 @@ def ddnm(
     λ_{t,i} = s_i²/(s_i² + c_t²), c_t = a_t σ_y/σ_t, i.e. Σ_t A⁺ = Aᵀ(AAᵀ + c_t²I)⁻¹ (``operator.solve_aat``;
     the same limits: 1 for s_i ≫ c_t, → 0 for s_i ≪ c_t). The noise it lets through is at most
     κ·σ_t with κ = max_{s ≤ 1} c_t s/(s² + c_t²) (½ for c_t ≤ 1, c_t/(1+c_t²) beyond; ‖A‖ ≤ 1), so the step's
-    stochastic part is scaled by sqrt(1 − κ²). σ_y = 0 gives DDNM: A x̂0|y = y exactly. Time travel (the
-    paper's Algorithm 3) is not implemented.
+    stochastic part is scaled by sqrt(1 − κ²). σ_y = 0 gives DDNM: A x̂0|y = y exactly.
+
+    Time travel (the paper's Algorithm 3, Section 3.3) with ``travel_repeat`` r > 1: every ``travel_length``
+    l steps of the grid the chain goes back l steps by the forward diffusion q(x_{t'} | x_t),
+    x_{t'} = sqrt(ᾱ_{t'}/ᾱ_t)·x_t + sqrt(1 − ᾱ_{t'}/ᾱ_t)·z, and samples those l steps again, r − 1 times
+    (``travel_schedule``: the authors' ``get_schedule_jump``, RePaint's jump schedule, on our grid; their code
+    re-noises the last x̂0 instead of x_t). r = 1 (default) is off. ``callback`` runs after every denoising
+    step, its ``i`` counting them (monotone; ``network_calls`` = ``sampling_steps`` in all).
     """
     require_measurement("ddnm", y, operator)
     if not 0 <= eta <= 1:
         raise ValueError(f"sampler.eta={eta} must lie in [0, 1] (the noise share of the step)")
+    path = travel_schedule(len(timesteps), travel_length, travel_repeat)  # bad settings fail before any compute
     sigma_y = operator.sigma_y
     ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
-    check = FiniteCheck("ddnm", "a model producing NaN/Inf", timesteps, x.device)
-    for i, t in enumerate(timesteps):
-        ab, ab_prev = ab_all[i], ab_prev_all[i]
+    steps = [p for p, q in zip(path, path[1:]) if q > p]  # grid index of every denoising step
+    check = FiniteCheck("ddnm", "a model producing NaN/Inf", timesteps[steps], x.device)
+    i = 0
+    for p, q in zip(path, path[1:]):
+        if q < p:  # time travel from grid level p back up to q: x_q ~ q(x_q | x_p)
+            ratio = ab_all[q] / ab_all[p]
+            x = ratio.sqrt() * x + (1 - ratio).sqrt() * per_image_noise(generators, x)
+            continue
+        t, ab, ab_prev = timesteps[p], ab_all[p], ab_prev_all[p]
         eps = model.eps(x, t)
         x0 = clip_x0(model, (x - (1 - ab).sqrt() * eps) / ab.sqrt(), clip_denoised)
         if sigma_y > 0:
@@ -63,11 +109,22 @@ def ddnm(
             x0, scale = range_null_correction(operator, x0, y, c**2), (1 - kappa**2).sqrt()
         else:
             x0, scale = range_null_correction(operator, x0, y, 0.0), 1.0
-        x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=i + 1 < len(timesteps), scale=scale)
+        x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=p + 1 < len(timesteps), scale=scale)
         check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
+        i += 1
     return x
 
 
 ddnm.guided = True
+
+
+def network_calls(timesteps: Tensor, travel_length: int = 1, travel_repeat: int = 1, **hparams: object) -> int:
+    """UNet evaluations per image (metrics.json ``nfe``): one per denoising step, time travel included."""
+    path = travel_schedule(len(timesteps), travel_length, travel_repeat)
+    return sum(q > p for p, q in zip(path, path[1:]))
+
+
+ddnm.network_calls = network_calls
+ddnm.sampling_steps = network_calls  # one callback per denoising step
