@@ -69,7 +69,8 @@ def fast(s: Settings, out_dir: Any) -> dict[str, Any]:
         for name, n in steps.items()
     }
     notes = [f"Task `{task}` as configured (conf/task/{task}.yaml), the samplers' defaults (conf/sampler/*.yaml, "
-             "per-task step sizes); network calls per image: DAPS = num_steps × ode_steps, others = num_steps "
+             "per-task step sizes); network calls per image: DAPS = num_steps × ode_steps, ScoreALD = num_steps + "
+             "(num_steps − 1) × corrector_steps, others = num_steps "
              "(DPS and ΠGDM also backpropagate through the UNet)."]
     x = torch.zeros(len(indices), *model.image_shape, device=device)
     try:
