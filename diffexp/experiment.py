@@ -140,16 +140,11 @@ def _diagnose(err: SamplingDivergedError, model: DiffusionModel, x: torch.Tensor
     )
 
 
-def _steps_per_batch(sample: Any, timesteps: torch.Tensor) -> int:
-    """Callbacks per batch (progress bar, W&B ``sampling/step``): one per grid step unless the sampler declares
-    ``sampling_steps(timesteps)`` (DDNM's time travel samples stretches of the grid again)."""
-    count = getattr(sample.func, "sampling_steps", None)
-    return int(count(timesteps, **sample.keywords)) if count is not None else len(timesteps)
-
-
-def _network_calls(sample: Any, timesteps: torch.Tensor) -> int:
-    """UNet evaluations per image: one per grid step unless the sampler declares ``network_calls(timesteps)``."""
-    count = getattr(sample.func, "network_calls", None)
+def _per_image_count(sample: Any, attribute: str, timesteps: torch.Tensor) -> int:
+    """One per grid step unless the sampler declares ``attribute(timesteps, **hparams)``: ``network_calls``
+    (UNet evaluations per image, metrics.json ``nfe``) or ``sampling_steps`` (callbacks per batch: progress bar
+    and W&B ``sampling/step``; DDNM's time travel samples stretches of the grid again)."""
+    count = getattr(sample.func, attribute, None)
     return int(count(timesteps, **sample.keywords)) if count is not None else len(timesteps)
 
 
@@ -218,14 +213,14 @@ def _run(
         validate_data(truth_all, cfg, model.image_shape)
     header = {
         "task": cfg.task.name, "sampler": cfg.sampler.name, "model": model.name, "num_images": cfg.num_images,
-        "nfe": _network_calls(sample, grid), "channels": model.channels, "t_start": int(grid[0]), "settings": settings_hash(cfg),
+        "nfe": _per_image_count(sample, "network_calls", grid), "channels": model.channels, "t_start": int(grid[0]), "settings": settings_hash(cfg),
         "settings_values": settings_values(cfg),
     }
     recorder = Recorder(out_dir, header, has_truth=has_truth, previous=previous)
     logger = instantiate(cfg.logger)(cfg=cfg, output_dir=out_dir)
     todo = [i for i in range(cfg.num_images) if i not in recorder.done]
     batches = [todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)]
-    steps = _steps_per_batch(sample, grid)
+    steps = _per_image_count(sample, "sampling_steps", grid)
     progress = tqdm(total=len(batches) * steps, desc=f"{cfg.task.name}/{cfg.sampler.name}", unit="step")
     status, error, exit_code = "failed", None, 1
     try:
