@@ -58,10 +58,10 @@ prefetch: $(STAMP) ## On a machine with internet: download the LPIPS backbone an
 	$(PY) -m diffexp.prefetch
 
 train: $(STAMP) ## Train the MNIST model: make train DATA=/path/to/mnist [ARGS='steps=...']
-	$(PY) -m diffexp.train data.path=$(DATA) $(ARGS)
+	$(PY) -m diffexp.training.ddpm data.path=$(DATA) $(ARGS)
 
 train-classifier: $(STAMP) ## Train the MNIST classifier of the mnist FID/KID features: make train-classifier DATA=/path/to/mnist
-	$(PY) -m diffexp.train_classifier data.path=$(DATA) $(ARGS)
+	$(PY) -m diffexp.training.classifier data.path=$(DATA) $(ARGS)
 
 SWEEP := $(PY) run.py -m logger=none overwrite=true  # tune/table regenerate their fixed sweep dirs
 

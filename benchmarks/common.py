@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from diffexp.experiment import image_generator, resolve_device, sampler_parts
-from diffexp.model import DiffusionModel
+from diffexp.models.diffusion import DiffusionModel
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from diffexp.report import load_jobs
+from diffexp.tracking.report import load_jobs
 
 
 def _cell(stats: dict | None, digits: int) -> str:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from diffexp.data import read_idx
+from diffexp.data.loaders import read_idx
 
 MIN_ACCURACY = 0.98
 

@@ -16,8 +16,8 @@ from hydra.utils import instantiate
 
 from benchmarks import sides
 from benchmarks.common import Settings, compose_cfg, generators, load_model, median, sampler_fn, setup, sync
-from diffexp.metrics import Metrics
-from diffexp.schedule import respaced_timesteps
+from diffexp.evaluation.metrics import Metrics
+from diffexp.models.schedule import respaced_timesteps
 
 
 def _num_steps(s: Settings, name: str, task: str) -> int:

@@ -26,11 +26,11 @@ from diffusers import DDPMScheduler, UNet2DModel
 
 from benchmarks.common import RESULTS, machine_info, sync
 from benchmarks.report import table
-from diffexp.model import DiffusionModel, tiny_unet
+from diffexp.models.diffusion import DiffusionModel, tiny_unet
 from diffexp.operators.blur import Blur
 from diffexp.samplers.ddpm import ddpm
 from diffexp.samplers.dps import dps
-from diffexp.schedule import respaced_timesteps
+from diffexp.models.schedule import respaced_timesteps
 
 T = 1000
 COMPILE_RESERVE_S = 150  # do not start a compiled configuration with less time left than this

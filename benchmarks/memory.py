@@ -32,7 +32,7 @@ from hydra.utils import instantiate
 
 from benchmarks import sides
 from benchmarks.common import ROOT, Settings, compose_cfg, generators, load_model, sampler_fn, setup
-from diffexp.model import DiffusionModel
+from diffexp.models.diffusion import DiffusionModel
 
 SIDES = ("diffexp-ddpm", "diffusers-ddpm", "diffexp-dps", "diffexp-scoreald")
 STATUS = Path("/proc/self/status")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from diffexp.gaussian import dense_matrix, gaussian_oracle, posterior
+from diffexp.models.gaussian import dense_matrix, gaussian_oracle, posterior
 from diffexp.operators.blur import Blur
 from diffexp.operators.identity import Identity
 from diffexp.operators.inpaint import Inpaint
@@ -31,7 +31,7 @@ from diffexp.samplers.dps import dps
 from diffexp.samplers.pigdm import pigdm
 from diffexp.samplers.reddiff import reddiff
 from diffexp.samplers.scoreald import scoreald
-from diffexp.schedule import respaced_timesteps, sdedit_start
+from diffexp.models.schedule import respaced_timesteps, sdedit_start
 
 SHAPE = (1, 8, 8)
 OPERATORS: dict[str, Callable[[float], Any]] = {
@@ -127,7 +127,7 @@ def main() -> None:
     lines = [
         "# Samplers against the exact posterior of a Gaussian prior",
         "",
-        f"Prior N(μ, s²I) on 1×8×8 images with its exact noise predictor (`diffexp/gaussian.py`), "
+        f"Prior N(μ, s²I) on 1×8×8 images with its exact noise predictor (`diffexp/models/gaussian.py`), "
         f"σ_y = {args.sigma_y}, one y, {args.samples} samples; dense A from the real operators (inpaint: "
         "4×4 box; sr2: ×2 average pooling; blur: 3×3 Gaussian, std 1, circular). Each cell: "
         "mean error |x̄ − m|/sqrt(C_ii/N) averaged over pixels (≈ 0.8 for an exact sampler) / "

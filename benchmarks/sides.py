@@ -20,8 +20,8 @@ from diffusers import DDPMPipeline, DDPMScheduler
 from torch import Tensor
 
 from benchmarks.common import generators, initial_noise
-from diffexp.model import DiffusionModel
-from diffexp.schedule import previous_alphas_cumprod, respaced_betas, respaced_timesteps
+from diffexp.models.diffusion import DiffusionModel
+from diffexp.models.schedule import previous_alphas_cumprod, respaced_betas, respaced_timesteps
 
 Sampler = Callable[..., Tensor]
 

@@ -30,7 +30,7 @@ from benchmarks.common import (
 )
 from benchmarks.fast import fast
 from benchmarks.memory import peak_memory
-from diffexp.metrics import Metrics
+from diffexp.evaluation.metrics import Metrics
 
 MB = 2**20
 

@@ -1,4 +1,4 @@
-"""What ``run.py`` (and ``python -m diffexp.train``) do inside a Hydra job: run, and turn errors the user
+"""What ``run.py`` (and ``python -m diffexp.training.ddpm``) do inside a Hydra job: run, and turn errors the user
 caused into one clean message (no traceback) with exit status 2."""
 
 from __future__ import annotations

@@ -20,14 +20,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from diffexp.distribution import DistributionMetrics, add_distribution
-from diffexp.model import DiffusionModel
-from diffexp.console import log_summary
+from diffexp.evaluation.fid import DistributionMetrics, add_distribution
+from diffexp.models.diffusion import DiffusionModel
+from diffexp.tracking.console import log_summary
 from diffexp.errors import ConfigError
-from diffexp.outdir import claim
-from diffexp.outputs import Recorder, settings_hash, settings_values
+from diffexp.rundir.claim import claim
+from diffexp.rundir.recorder import Recorder, settings_hash, settings_values
 from diffexp.samplers.base import SamplingDivergedError
-from diffexp.schedule import respaced_timesteps, sdedit_start
+from diffexp.models.schedule import respaced_timesteps, sdedit_start
 from diffexp.validate import SAMPLER_META_KEYS, config_problems, model_problems, peek_num_train_timesteps, validate_data
 
 log = logging.getLogger(__name__)

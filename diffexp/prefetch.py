@@ -11,9 +11,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from diffexp.distribution import inception_weights_path
-from diffexp.metrics import lpips_backbone_path
-from diffexp.model import _download
+from diffexp.evaluation.fid import inception_weights_path
+from diffexp.evaluation.metrics import lpips_backbone_path
+from diffexp.models.diffusion import _download
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

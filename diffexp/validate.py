@@ -21,12 +21,12 @@ import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from diffexp.distribution import FEATURES as FID_FEATURES
+from diffexp.evaluation.fid import FEATURES as FID_FEATURES
 from diffexp.errors import ConfigError
 from diffexp.operators.blur import KERNELS
 from diffexp.operators.inpaint import MASKS
 from diffexp.operators.super_resolution import DOWNSAMPLERS
-from diffexp.outputs import METRICS
+from diffexp.rundir.recorder import METRICS
 
 DTYPES_ALLOWED = ("float32", "bfloat16", "float16")
 SAMPLER_META_KEYS = ("name", "num_steps", "t_start")  # sampler keys read by run(), not arguments of the function

@@ -65,7 +65,7 @@ def _lpips_backbone_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A TORCH_HOME holding an AlexNet LPIPS backbone file (random weights, 244 MB): written once per session."""
     import torchvision
 
-    from diffexp.metrics import LPIPS_BACKBONE
+    from diffexp.evaluation.metrics import LPIPS_BACKBONE
 
     home = tmp_path_factory.mktemp("torch_home")
     checkpoints = home / "hub" / "checkpoints"

@@ -14,15 +14,15 @@ from deepinv.models.diffunet import AttentionBlock, DiffUNet, ResBlock, Timestep
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
-import diffexp.convert_adm as convert_adm
-import diffexp.model as model_module
-from diffexp.convert_adm import ADM_SCHEDULER, PRESETS, ADMArchitecture, CheckpointMismatchError, convert_state_dict
+import diffexp.models.adm as convert_adm
+import diffexp.models.diffusion as model_module
+from diffexp.models.adm import ADM_SCHEDULER, PRESETS, ADMArchitecture, CheckpointMismatchError, convert_state_dict
 from diffexp.errors import ConfigError
-from diffexp.model import DiffusionModel, load_folder
+from diffexp.models.diffusion import DiffusionModel, load_folder
 from diffexp.samplers.base import ancestral_step, grid_alphas
 from diffexp.samplers.ddpm import ddpm
 from diffexp.samplers.dps import dps
-from diffexp.schedule import respaced_timesteps
+from diffexp.models.schedule import respaced_timesteps
 from diffexp.validate import validate
 from conftest import CONF, cli, make_cfg
 

@@ -19,7 +19,7 @@ from benchmarks import defaults_table, gpu, sides
 from benchmarks import run as bench
 from benchmarks.common import generators, initial_noise
 from benchmarks.suites import SUITES
-from diffexp.model import tiny_model
+from diffexp.models.diffusion import tiny_model
 from diffexp.operators.blur import Blur
 from diffexp.samplers.dps import dps
 

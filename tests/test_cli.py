@@ -98,7 +98,7 @@ def test_help_config_and_completion_do_not_import_torch(args: list[str]) -> None
     assert not {"torch", "diffusers", "wandb", "matplotlib"} & imported
     assert seconds < 5  # about 1 s on an idle laptop core (the budget is 1.5 s; this box is shared)
     if args == ["--help"]:
-        assert "== Common commands ==" in proc.stdout and "python -m diffexp.report <sweep dir>" in proc.stdout
+        assert "== Common commands ==" in proc.stdout and "python -m diffexp.tracking.report <sweep dir>" in proc.stdout
         assert "sampler: " in proc.stdout and "task: " in proc.stdout  # the config groups and their options
     if args[0] == "-sc":
         assert "task=deblur" in proc.stdout and "task=inpaint" in proc.stdout

@@ -22,7 +22,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 import diffexp
-from diffexp.images import GRID_PADDING
+from diffexp.rundir.images import GRID_PADDING
 
 NUM_IMAGES = 3  # with batch_size=2: one full batch and one partial
 ROUNDING = 1 / 255  # |float − PNG| per pixel in [-1, 1] units: half an 8-bit level of [0, 1]

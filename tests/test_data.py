@@ -18,7 +18,7 @@ from conftest import FAST, make_cfg
 from PIL import Image
 
 import diffexp
-from diffexp.data import folder
+from diffexp.data.loaders import folder
 
 LEVEL = 1 / 255  # one 8-bit grey level in [0, 1] units
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from diffexp.model import DiffusionModel, tiny_unet
+from diffexp.models.diffusion import DiffusionModel, tiny_unet
 from diffexp.samplers.ddim import ddim
 from diffexp.samplers.ddpm import ddpm
-from diffexp.schedule import respaced_timesteps
+from diffexp.models.schedule import respaced_timesteps
 
 
 def _unet():

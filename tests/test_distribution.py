@@ -14,10 +14,10 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchvision.transforms.functional import gaussian_blur
 
-from diffexp import distribution as dist
-from diffexp.classifier import load_classifier, predict
-from diffexp.data import ASSETS
-from diffexp.distribution import (
+from diffexp.evaluation import fid as dist
+from diffexp.models.classifier import load_classifier, predict
+from diffexp.data.loaders import ASSETS
+from diffexp.evaluation.fid import (
     INCEPTION_WEIGHTS,
     MNIST_REFERENCE,
     InceptionFeatures,
@@ -306,7 +306,7 @@ def test_summary_values_flatten_the_block() -> None:
 
 
 def test_console_summary_shows_fid_kid_and_accuracy_next_to_the_baseline(tmp_path: Path) -> None:
-    from diffexp.console import summary_lines
+    from diffexp.tracking.console import summary_lines
 
     result = {
         "status": "ok", "task": "deblur", "sampler": "dps", "model": "mnist", "num_images": 8, "num_finished": 8,

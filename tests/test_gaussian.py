@@ -6,11 +6,11 @@ import torch
 from diffusers import DDPMScheduler
 from torch.distributions import MultivariateNormal
 
-from diffexp.gaussian import dense_matrix, gaussian_oracle, posterior
+from diffexp.models.gaussian import dense_matrix, gaussian_oracle, posterior
 from diffexp.operators.inpaint import Inpaint
 from diffexp.operators.super_resolution import SuperResolution
 from diffexp.samplers.ddpm import ddpm
-from diffexp.schedule import respaced_timesteps
+from diffexp.models.schedule import respaced_timesteps
 
 SHAPE = (1, 8, 8)
 N = 64

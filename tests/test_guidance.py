@@ -5,11 +5,11 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffexp.model import DiffusionModel, tiny_unet
+from diffexp.models.diffusion import DiffusionModel, tiny_unet
 from diffexp.operators.blur import Blur
 from diffexp.samplers.dps import dps, safe_norm
 from diffexp.samplers.scoreald import scoreald
-from diffexp.schedule import respaced_timesteps
+from diffexp.models.schedule import respaced_timesteps
 
 T = 600  # a single-step grid at t: ancestral step = x̂0 (no noise), so out = x̂0 − step
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from diffexp import metrics as metrics_module
-from diffexp.metrics import LPIPS_BACKBONE, Metrics
+from diffexp.evaluation import metrics as metrics_module
+from diffexp.evaluation.metrics import LPIPS_BACKBONE, Metrics
 
 
 def _pair(channels: int = 3, size: int = 32):

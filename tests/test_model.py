@@ -14,8 +14,8 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import diffexp.model
-from diffexp.model import DiffusionModel, load_pretrained, tiny_unet
+import diffexp.models.diffusion
+from diffexp.models.diffusion import DiffusionModel, load_pretrained, tiny_unet
 
 # Architectures of the hub checkpoints (diffusers configs of the google/ddpm-* repositories).
 CIFAR10 = dict(
@@ -115,7 +115,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, *, cached: Path | None = None, net
         pytest.fail(f"a download of {repo_id} was started")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(diffexp.model, "snapshot_download", snapshot_download, raising=False)
+    monkeypatch.setattr(diffexp.models.diffusion, "snapshot_download", snapshot_download, raising=False)
     return calls
 
 
@@ -147,7 +147,7 @@ def test_hub_id_with_unreachable_hub_fails_with_a_clear_message(
 
 def test_hub_error_during_download_is_named(monkeypatch: pytest.MonkeyPatch, no_network: list[str]) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(diffexp.model, "_hub_reachable", lambda *args, **kwargs: True)
+    monkeypatch.setattr(diffexp.models.diffusion, "_hub_reachable", lambda *args, **kwargs: True)
     calls = fake_hub(monkeypatch, network_error=True)
     with pytest.raises(RuntimeError, match=HUB_ERROR.replace("access", "access; ConnectionError")):
         load_pretrained("google/ddpm-cifar10-32")

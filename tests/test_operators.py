@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from scipy.ndimage import gaussian_filter
 
 from diffexp.experiment import image_generator
-from diffexp.gaussian import dense_matrix
+from diffexp.models.gaussian import dense_matrix
 from diffexp.operators.base import LinearOperator
 from diffexp.operators.blur import Blur, gaussian_kernel
 from diffexp.operators.inpaint import Inpaint

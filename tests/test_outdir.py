@@ -16,9 +16,9 @@ from conftest import make_cfg
 
 import diffexp
 import diffexp.experiment
-import diffexp.model
+import diffexp.models.diffusion
 from diffexp.errors import ConfigError
-from diffexp.outdir import claim
+from diffexp.rundir.claim import claim
 from diffexp.samplers.base import SamplingDivergedError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -78,7 +78,7 @@ def test_resume_and_overwrite_contradict(tmp_path: Path) -> None:
 
 
 def test_resume_on_empty_dir_says_it_starts_fresh(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="diffexp.outdir"):
+    with caplog.at_level(logging.INFO, logger="diffexp.rundir.claim"):
         diffexp.run(make_cfg([*TINY, "num_images=1", "resume=true"], tmp_path / "new"))
     assert f"resume=true: {tmp_path / 'new'} holds no earlier results; starting fresh" in caplog.text
 
@@ -184,7 +184,7 @@ def test_num_steps_above_T_reported_with_other_errors(tmp_path: Path) -> None:
 
 
 def test_missing_data_path_fails_before_the_model_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(diffexp.model, "tiny_model", lambda **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(diffexp.models.diffusion, "tiny_model", lambda **k: pytest.fail("the model was loaded"))
     with pytest.raises(ConfigError, match=r"data\.path='/no/such/dir': no such folder"):
         diffexp.run(make_cfg([*TINY, "data=folder", "data.path=/no/such/dir"], tmp_path))
 
@@ -208,15 +208,15 @@ def test_float16_refused_for_backprop_through_the_unet() -> None:
 
 
 def test_corrupted_weights_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = diffexp.model.tiny_model
+    real = diffexp.models.diffusion.tiny_model
 
-    def corrupted(**kwargs: Any) -> diffexp.model.DiffusionModel:
+    def corrupted(**kwargs: Any) -> diffexp.models.diffusion.DiffusionModel:
         model = real(**kwargs)
         with torch.no_grad():
             next(model.unet.parameters()).fill_(float("nan"))
         return model
 
-    monkeypatch.setattr(diffexp.model, "tiny_model", corrupted)
+    monkeypatch.setattr(diffexp.models.diffusion, "tiny_model", corrupted)
     with pytest.raises(SamplingDivergedError, match=r"the model \(tiny\) produced NaN/Inf.*weights are likely corrupted"):
         diffexp.run(make_cfg(TINY, tmp_path))
     assert "step_size" not in load(tmp_path)["error"]
@@ -226,7 +226,7 @@ def test_corrupted_weights_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_step_counter_is_monotone_over_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from diffexp.loggers.none import NoLogger
+    from diffexp.tracking.none import NoLogger
 
     steps: list[int] = []
     monkeypatch.setattr(NoLogger, "log_every", 1)
@@ -261,21 +261,21 @@ def test_bfloat16_autocasts_the_unet_only(tmp_path: Path, monkeypatch: pytest.Mo
         return out
 
     monkeypatch.setattr(Blur, "forward", forward)
-    real_tiny = diffexp.model.tiny_model
+    real_tiny = diffexp.models.diffusion.tiny_model
 
-    def recording(**kwargs: Any) -> diffexp.model.DiffusionModel:
+    def recording(**kwargs: Any) -> diffexp.models.diffusion.DiffusionModel:
         model = real_tiny(**kwargs)
         model.unet.conv_in.register_forward_hook(lambda m, i, out: seen["unet"].add(out.dtype))
         return model
 
-    monkeypatch.setattr(diffexp.model, "tiny_model", recording)
+    monkeypatch.setattr(diffexp.models.diffusion, "tiny_model", recording)
     result = diffexp.run(make_cfg([*TINY, "runtime.dtype=bfloat16", "num_images=1"], tmp_path))
     assert result["error"] is None
     assert seen == {"unet": {torch.bfloat16}, "operator": {torch.float32}}
 
 
 def test_data_offset_skips_images(tmp_path: Path) -> None:
-    from diffexp.data import mnist_eval
+    from diffexp.data.loaders import mnist_eval
 
     all_ten = mnist_eval(channels=1, size=28, num_images=10)
     torch.testing.assert_close(mnist_eval(channels=1, size=28, num_images=2, offset=8), all_ten[8:], rtol=0, atol=0)
@@ -296,14 +296,14 @@ def test_data_offset_skips_images(tmp_path: Path) -> None:
 def test_nfe_counts_every_network_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides, nfe) -> None:
     """metrics.json ``nfe`` equals the UNet calls actually made per image (one image here)."""
     calls: list[int] = []
-    real = diffexp.model.tiny_model
+    real = diffexp.models.diffusion.tiny_model
 
-    def counting(**kwargs: Any) -> diffexp.model.DiffusionModel:
+    def counting(**kwargs: Any) -> diffexp.models.diffusion.DiffusionModel:
         model = real(**kwargs)
         model.unet.register_forward_hook(lambda m, i, out: calls.append(1))
         return model
 
-    monkeypatch.setattr(diffexp.model, "tiny_model", counting)
+    monkeypatch.setattr(diffexp.models.diffusion, "tiny_model", counting)
     result = diffexp.run(make_cfg([*TINY, *overrides, "num_images=1"], tmp_path))
     assert result["nfe"] == nfe == len(calls)
 
@@ -313,12 +313,12 @@ def test_unwritable_log_file_warns_instead_of_failing(tmp_path: Path, capsys: py
     configure handler 'file'" but reach run()'s own check, which names the directory."""
     import logging.config
 
-    from diffexp.logfile import RunLogFile
+    from diffexp.rundir.logfile import RunLogFile
 
     path = tmp_path / "missing" / "run.log"  # cannot be opened (as root, a missing folder stands in for read-only)
     logging.config.dictConfig({
         "version": 1, "disable_existing_loggers": False,
-        "handlers": {"file": {"class": "diffexp.logfile.RunLogFile", "filename": str(path)}},
+        "handlers": {"file": {"class": "diffexp.rundir.logfile.RunLogFile", "filename": str(path)}},
         "loggers": {"probe": {"handlers": ["file"], "level": "INFO"}},
     })
     handler = logging.getLogger("probe").handlers[0]

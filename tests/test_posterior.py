@@ -1,4 +1,4 @@
-"""Samplers against the exact posterior of a Gaussian prior (``diffexp/gaussian.py``), where the sampler's
+"""Samplers against the exact posterior of a Gaussian prior (``diffexp/models/gaussian.py``), where the sampler's
 approximation is exact in theory.
 
 Each test draws N posterior samples of one y with the analytic noise predictor of N(μ, s²I) on 1×8×8

@@ -23,8 +23,8 @@ from PIL import Image
 
 import diffexp
 import diffexp.samplers.dps
-from diffexp.loggers.none import NoLogger
-from diffexp.outputs import Recorder
+from diffexp.tracking.none import NoLogger
+from diffexp.rundir.recorder import Recorder
 from diffexp.samplers.base import SamplingDivergedError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -205,7 +205,7 @@ def test_failed_job_does_not_stop_sweep(sweep: tuple[subprocess.CompletedProcess
     failed = load(out / "1")
     assert failed["error"].startswith("SamplingDivergedError: dps: non-finite values") and failed["num_finished"] == 0
     assert load(out / "2")["num_finished"] == 4
-    with (out / "summary.csv").open() as stream:  # the sweep report (diffexp.report)
+    with (out / "summary.csv").open() as stream:  # the sweep report (diffexp.tracking.report)
         assert {row["job"]: row["status"] for row in csv.DictReader(stream)} == status
     assert re.search(r"\| 1 \| failed \|", (out / "summary.md").read_text())
 

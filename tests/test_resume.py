@@ -16,7 +16,7 @@ import pytest
 from conftest import make_cfg
 
 import diffexp
-from diffexp.outputs import Recorder
+from diffexp.rundir.recorder import Recorder
 
 BASE = ["model=tiny", "data=synthetic", "logger=none", "metrics.lpips=false", "sampler.num_steps=2",
         "num_images=2", "batch_size=2"]

@@ -14,16 +14,16 @@ from PIL import Image
 
 import diffexp
 from diffexp.experiment import resolve_device
-from diffexp.model import tiny_model
+from diffexp.models.diffusion import tiny_model
 from diffexp.operators.blur import Blur
-from diffexp.outputs import image_name
+from diffexp.rundir.recorder import image_name
 from diffexp.samplers import base
 from diffexp.samplers.base import FiniteCheck, SamplingDivergedError
 from diffexp.samplers.ddim import ddim
 from diffexp.samplers.ddpm import ddpm
 from diffexp.samplers.dps import dps
 from diffexp.samplers.scoreald import scoreald
-from diffexp.schedule import respaced_timesteps
+from diffexp.models.schedule import respaced_timesteps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["model=tiny", "data=synthetic", "logger=none", "metrics.lpips=false", "num_images=2", "batch_size=2"]

@@ -14,8 +14,8 @@ from diffusers import DDPMScheduler
 
 import diffexp.samplers.ddnm
 from diffexp.experiment import run
-from diffexp.gaussian import dense_matrix, gaussian_oracle
-from diffexp.model import DiffusionModel, tiny_unet
+from diffexp.models.gaussian import dense_matrix, gaussian_oracle
+from diffexp.models.diffusion import DiffusionModel, tiny_unet
 from diffexp.operators.blur import Blur
 from diffexp.operators.identity import Identity
 from diffexp.operators.inpaint import Inpaint
@@ -27,7 +27,7 @@ from diffexp.samplers.diffpir import diffpir
 from diffexp.samplers.pigdm import pigdm, pigdm_guidance
 from diffexp.samplers.reddiff import reddiff, reddiff_gradient
 from diffexp.samplers.scoreald import scoreald
-from diffexp.schedule import respaced_timesteps
+from diffexp.models.schedule import respaced_timesteps
 from diffexp.validate import ConfigError, validate
 
 SHAPE = (1, 8, 8)
@@ -380,7 +380,7 @@ def test_time_travel_run_logs_monotone_steps_and_counts_its_network_calls(
 ) -> None:
     """In a run, W&B's ``sampling/step`` stays monotone over batches with time travel (5 steps per image:
     3 grid steps, each of the 2 lower stretches sampled twice) and metrics.json's ``nfe`` is 5."""
-    from diffexp.loggers.none import NoLogger
+    from diffexp.tracking.none import NoLogger
 
     steps: list[int] = []
     monkeypatch.setattr(NoLogger, "log_every", 1)

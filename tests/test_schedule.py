@@ -3,7 +3,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from diffexp.schedule import previous_alphas_cumprod, respaced_betas, respaced_timesteps, sdedit_start
+from diffexp.models.schedule import previous_alphas_cumprod, respaced_betas, respaced_timesteps, sdedit_start
 
 
 def test_full_grid_is_the_whole_chain() -> None:

@@ -7,7 +7,7 @@ import pytest
 from diffusers import UNet2DModel
 
 from diffexp import WEIGHTS
-from diffexp.model import load_pretrained
+from diffexp.models.diffusion import load_pretrained
 from conftest import cli, make_cfg
 
 import diffexp

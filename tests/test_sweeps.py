@@ -1,5 +1,5 @@
 """Sweeps: multiruns through the real CLI with the joblib and submitit launchers, an Optuna search, the
-launcher configs, and the sweep report (``diffexp.report``). The basic launcher with W&B is in test_wandb.py."""
+launcher configs, and the sweep report (``diffexp.tracking.report``). The basic launcher with W&B is in test_wandb.py."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
-from diffexp.report import headline, load_jobs, main, series, write_report
+from diffexp.tracking.report import headline, load_jobs, main, series, write_report
 
 TINY_JOB = [  # SDEdit denoising with the tiny random model: cheap, and its runs end ok (not diverged)
     "model=tiny", "data=synthetic", "task=denoise", "sampler=ddpm", "num_images=2", "batch_size=2",

@@ -9,8 +9,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from diffexp.errors import ConfigError
-from diffexp.model import load_pretrained
-from diffexp.train import train, train_device
+from diffexp.models.diffusion import load_pretrained
+from diffexp.training.ddpm import train, train_device
 from conftest import CONF
 
 TINY_UNET = [

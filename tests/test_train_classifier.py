@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from diffexp.classifier import load_classifier
-from diffexp.distribution import MnistFeatures, ReferenceStats, extract, kid_sample_indices, mean_cov
-from diffexp.train_classifier import load_split, train
+from diffexp.models.classifier import load_classifier
+from diffexp.evaluation.fid import MnistFeatures, ReferenceStats, extract, kid_sample_indices, mean_cov
+from diffexp.training.classifier import load_split, train
 from conftest import CONF
 
 

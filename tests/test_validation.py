@@ -12,7 +12,7 @@ from conftest import CONF, cli, make_cfg
 from PIL import Image
 
 import diffexp
-import diffexp.data
+import diffexp.data.loaders
 from diffexp.validate import ConfigError, validate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -123,8 +123,8 @@ RULES = {
         "runtime.num_threads=2: unknown key; allowed: channels_last, compile, deterministic, device, dtype, threads",
     ),
     "threads": (["runtime.threads=-1"], "runtime.threads=-1 is invalid: allowed is an integer >= 0"),
-    "unknown_data_key": (["+data.size=8"], "data.size=8: unknown key for diffexp.data.synthetic; allowed: seed"),
-    "unknown_metrics_key": (["+metrics.fidd=true"], "metrics.fidd=True: unknown key for diffexp.metrics.Metrics"),
+    "unknown_data_key": (["+data.size=8"], "data.size=8: unknown key for diffexp.data.loaders.synthetic; allowed: seed"),
+    "unknown_metrics_key": (["+metrics.fidd=true"], "metrics.fidd=True: unknown key for diffexp.evaluation.metrics.Metrics"),
     "bad_target": (
         ["sampler._target_=diffexp.samplers.dps.nope"],
         "sampler._target_='diffexp.samplers.dps.nope': cannot be imported",
@@ -156,13 +156,13 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad", ["shape", "nan"])
 def test_data_loader_output_checked(bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever a loader returns must be num_images finite images of the model's shape, before any sampling."""
-    real = diffexp.data.synthetic
+    real = diffexp.data.loaders.synthetic
 
     def broken(**kwargs: int) -> torch.Tensor:
         images = real(**kwargs)
         return images[:, :1] if bad == "shape" else images * float("nan")
 
-    monkeypatch.setattr(diffexp.data, "synthetic", broken)
+    monkeypatch.setattr(diffexp.data.loaders, "synthetic", broken)
     pattern = r"returned images of shape \(1, 1, 16, 16\); expected \(1, 3, 16, 16\)" if bad == "shape" else "NaN/Inf"
     _fails_before_compute([], tmp_path, ConfigError, pattern)
 

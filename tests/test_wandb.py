@@ -77,7 +77,7 @@ def test_single_run_logs_summary_config_images_table_and_steps(tmp_path: Path) -
     config = info["config"]
     assert config["output_dir"] == str(out)  # ${hydra:runtime.output_dir}, resolved
     assert config["sampler"]["num_steps"] == 3 and config["task"]["operator"]["sigma_y"] == 0.4  # ${task.sigma_y}
-    assert config["model"]["_target_"] == "diffexp.model.tiny_model"
+    assert config["model"]["_target_"] == "diffexp.models.diffusion.tiny_model"
     assert config["choices"] == {"model": "tiny", "sampler": "ddpm", "task": "denoise", "data": "synthetic",
                                  "logger": "wandb"}
     assert config["overrides"]["sampler.num_steps"] == 3 and config["overrides"]["metrics.lpips"] is False
@@ -187,8 +187,8 @@ def test_multirun_over_seeds_names_runs_fully_and_reports_configurations(tmp_pat
 
 
 def test_report_logs_native_charts_of_metric_vs_swept_key(tmp_path: Path) -> None:
-    from diffexp.loggers.wandb import log_report
-    from diffexp.report import write_report
+    from diffexp.tracking.wandb import log_report
+    from diffexp.tracking.report import write_report
     from test_sweeps import fake_job
 
     sweep = tmp_path / "grid"
@@ -228,7 +228,7 @@ def test_a_key_for_the_installed_default_host_means_online(tmp_path: Path, fresh
     import wandb
     from wandb.sdk.lib.urls import DEFAULT_BASE_URL
 
-    from diffexp.loggers.wandb import base_url, choose_mode
+    from diffexp.tracking.wandb import base_url, choose_mode
 
     assert base_url() == DEFAULT_BASE_URL  # wandb's own default, whatever this version calls it
     assert choose_mode("auto") == "offline"  # no credentials: offline, no account needed
@@ -239,7 +239,7 @@ def test_a_key_for_the_installed_default_host_means_online(tmp_path: Path, fresh
 
 
 def _start_offline(tmp_path: Path) -> tuple[Any, float, list[str]]:
-    from diffexp.loggers.wandb import init_run
+    from diffexp.tracking.wandb import init_run
 
     start = time.monotonic()
     with warnings.catch_warnings(record=True) as caught:
@@ -301,7 +301,7 @@ def test_rejected_key_falls_back_to_offline(tmp_path: Path, fresh_wandb: None, m
 
 
 def test_bad_mode_is_rejected() -> None:
-    from diffexp.loggers.wandb import choose_mode
+    from diffexp.tracking.wandb import choose_mode
 
     with pytest.raises(ValueError, match=r"logger\.mode='cloud'"):
         choose_mode("cloud")
@@ -312,7 +312,7 @@ def test_bad_mode_is_rejected() -> None:
     [("outputs/multirun/2026-11-28/10-00-00", "2026-11-28_10-00-00"), ("outputs/tune/deblur-dps", "deblur-dps")],
 )
 def test_sweep_group_keeps_the_date_of_the_default_sweep_dir(sweep_dir: str, group: str) -> None:
-    from diffexp.loggers.wandb import sweep_group
+    from diffexp.tracking.wandb import sweep_group
 
     assert sweep_group(sweep_dir) == group
 
@@ -320,7 +320,7 @@ def test_sweep_group_keeps_the_date_of_the_default_sweep_dir(sweep_dir: str, gro
 def test_sync_command_lists_every_session_of_the_run(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from diffexp.loggers.wandb import sync_command
+    from diffexp.tracking.wandb import sync_command
 
     names = ["offline-run-20261129_074440-abc", "offline-run-20261129_074440-abc-1", "offline-run-20261129_080000-abc",
              "offline-run-20261129_074440-other", "run-20261129_074440-abc"]

@@ -4,7 +4,7 @@ Every sampler is a plain function with one signature::
 
     sampler(model, x, *, timesteps, generators, y=None, operator=None, callback=None, **hparams) -> x0
 
-``timesteps`` is a decreasing grid (``diffexp.schedule``), ``generators`` holds one
+``timesteps`` is a decreasing grid (``diffexp.models.schedule``), ``generators`` holds one
 ``torch.Generator`` per image (row of ``x``) so that an image's result never depends on its batch,
 and ``callback`` receives ``dict(i, t, x, x0, ...)`` after every step. Samplers do no I/O.
 
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.schedule import previous_alphas_cumprod
+from diffexp.models.schedule import previous_alphas_cumprod
 
 Callback = Callable[[dict[str, Any]], None]
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, per_image_noise, require_measurement
-from diffexp.schedule import previous_alphas_cumprod, respaced_timesteps
+from diffexp.models.schedule import previous_alphas_cumprod, respaced_timesteps
 def ode_x0(model: Any, x: Tensor, grid: Tensor, clip_denoised: bool | None) -> Tensor:
     """x̂0(x_t): the probability-flow ODE (deterministic DDIM, η = 0) from x_t along ``grid`` (t, ..., 0);
     one step is Tweedie's x̂0 (DAPS's "few-step ODE solve" of x0 given x_t)."""

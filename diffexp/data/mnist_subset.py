@@ -1,4 +1,4 @@
-"""Write the bundled evaluation digits: ``python -m diffexp.assets_mnist MNIST_DIR`` (test indices 0–63)."""
+"""Write the bundled evaluation digits: ``python -m diffexp.data.mnist_subset MNIST_DIR`` (test indices 0–63)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from diffexp.data import ASSETS, read_idx
+from diffexp.data.loaders import ASSETS, read_idx
 
 COUNT = 64
 

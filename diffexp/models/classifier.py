@@ -1,6 +1,6 @@
 """A small MNIST classifier whose penultimate layer gives the ``mnist`` features of FID/KID.
 
-Trained by ``python -m diffexp.train_classifier`` (``conf/train_classifier.yaml``) and shipped in
+Trained by ``python -m diffexp.training.classifier`` (``conf/train_classifier.yaml``) and shipped in
 ``diffexp/weights/mnist_classifier/`` (weights, model card, reference statistics of the MNIST test set).
 """
 
@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-CLASSIFIER_DIR = Path(__file__).parent / "weights" / "mnist_classifier"
+CLASSIFIER_DIR = Path(__file__).parents[1] / "weights" / "mnist_classifier"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -50,7 +50,7 @@ def load_classifier(directory: Path = CLASSIFIER_DIR) -> MnistClassifier:
     """The shipped (or another exported) classifier, in eval mode, without gradients."""
     path = Path(directory) / WEIGHTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"MNIST classifier weights not found at {path} (python -m diffexp.train_classifier)")
+        raise FileNotFoundError(f"MNIST classifier weights not found at {path} (python -m diffexp.training.classifier)")
     model = MnistClassifier()
     model.load_state_dict(load_file(path))
     return model.eval().requires_grad_(False)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from diffexp.data import to_unit
+from diffexp.data.ranges import to_unit
 
 log = logging.getLogger(__name__)
 LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"
@@ -46,7 +46,7 @@ class Metrics:
         lpips: compute LPIPS when its backbone is available (else ``None`` with one warning).
         lpips_required: raise, before any sampling, when the backbone is missing.
         fid, fid_features, fid_required, reference: the end-of-run FID/KID settings, which share the
-            ``metrics`` node; ``run`` reads them with ``diffexp.distribution.DistributionMetrics.from_metrics_config``
+            ``metrics`` node; ``run`` reads them with ``diffexp.evaluation.fid.DistributionMetrics.from_metrics_config``
             (FID/KID need the model's image size and also serve task=generate, where this class is not built).
     """
 

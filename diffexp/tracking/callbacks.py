@@ -17,7 +17,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from diffexp.cli import UserError
-from diffexp.report import JOB_ERROR_FILE, Report, headline, job_paths, write_report
+from diffexp.tracking.report import JOB_ERROR_FILE, Report, headline, job_paths, write_report
 
 
 def wandb_options(config: DictConfig) -> dict[str, Any] | None:
@@ -25,7 +25,7 @@ def wandb_options(config: DictConfig) -> dict[str, Any] | None:
     target = config.get("logger", {}).get("_target_")
     if target is None:
         return None
-    from diffexp.loggers.wandb import WandbLogger  # imports wandb, only when a logger is configured
+    from diffexp.tracking.wandb import WandbLogger  # imports wandb, only when a logger is configured
 
     if not issubclass(get_class(target), WandbLogger):
         return None
@@ -33,7 +33,7 @@ def wandb_options(config: DictConfig) -> dict[str, Any] | None:
 
 
 class SweepReport(Callback):
-    """Writes the sweep report (``diffexp.report``) when a multirun ends; logs it to W&B with ``logger=wandb``.
+    """Writes the sweep report (``diffexp.tracking.report``) when a multirun ends; logs it to W&B with ``logger=wandb``.
 
     Hydra skips ``on_multirun_end`` when a job failed; the report then runs at exit. A failing job leaves
     its error in ``<job dir>/job_error.json`` for the report.
@@ -52,7 +52,7 @@ class SweepReport(Callback):
         atexit.unregister(self._report_at_exit)
         report = self._write()
         if self.wandb is not None:
-            from diffexp.loggers.wandb import log_report
+            from diffexp.tracking.wandb import log_report
 
             log_report(report, **self.wandb)
 
@@ -80,7 +80,7 @@ class SweepReport(Callback):
         if self.wandb is None:
             self._write()
             return
-        args = [sys.executable, "-m", "diffexp.report", str(self.sweep_dir)]
+        args = [sys.executable, "-m", "diffexp.tracking.report", str(self.sweep_dir)]
         for key, value in self.wandb.items():
             if value is not None:
                 args += [f"--wandb-{key.replace('_', '-')}", str(value)]

@@ -15,26 +15,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from diffexp.data.ranges import from_unit
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".jfif", ".ppm", ".pgm", ".tga")
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 SIXTEEN_BIT_GRAY = ("I;16", "I;16B", "I;16L", "I")  # PIL modes of 16-bit grayscale PNGs (I: Pillow < 11)
 
-
-def to_unit(x: Tensor) -> Tensor:
-    """[-1, 1] → [0, 1]."""
-    return ((x + 1) / 2).clamp(0, 1)
-
-
-def from_unit(x: Tensor) -> Tensor:
-    """[0, 1] → [-1, 1]."""
-    return x * 2 - 1
-
-
-def to_uint8(x: Tensor) -> np.ndarray:
-    """(C, H, W) in [-1, 1] → (H, W) or (H, W, 3) uint8 array for PNG files."""
-    arr = (to_unit(x.detach().float().cpu()) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return arr[..., 0] if arr.shape[-1] == 1 else arr
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -11,8 +11,8 @@ attention resolutions), ``resnet_time_scale_shift="scale_shift"`` and cos-first 
 its ``QKVAttentionLegacy``) are split into ``to_q``, ``to_k``, ``to_v``. The schedule is ADM's: linear β
 from 1e-4 to 0.02, T = 1000, ``variance_type: learned_range``, ``clip_sample: true``.
 
-    python -m diffexp.convert_adm ffhq_10m.pt OUT_DIR --preset ffhq256
-    python -m diffexp.convert_adm CKPT OUT_DIR --model-channels 128 --channel-mult 1,1,2,2,4,4 \\
+    python -m diffexp.models.adm ffhq_10m.pt OUT_DIR --preset ffhq256
+    python -m diffexp.models.adm CKPT OUT_DIR --model-channels 128 --channel-mult 1,1,2,2,4,4 \\
         --num-res-blocks 1 --attention-resolutions 16
 
 ``model=adm_ffhq256 model.checkpoint=ffhq_10m.pt`` converts on first use and caches the folder under
@@ -37,7 +37,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
 from diffexp.errors import ConfigError
-from diffexp.model import DiffusionModel, load_folder
+from diffexp.models.diffusion import DiffusionModel, load_folder
 
 
 @dataclass(frozen=True)
@@ -296,7 +296,7 @@ def cache_root() -> Path:
 def load_adm(checkpoint: str, *, preset: str = "ffhq256", cache_dir: str | None = None,
              name: str | None = None) -> DiffusionModel:
     """``model=adm_ffhq256|adm_imagenet256``: an ADM ``.pt`` (converted on first use, cached by content hash)
-    or a folder already converted by ``python -m diffexp.convert_adm``."""
+    or a folder already converted by ``python -m diffexp.models.adm``."""
     if preset not in PRESETS:
         raise ValueError(f"model.preset={preset!r} is not known; allowed: {', '.join(PRESETS)}")
     path = Path(checkpoint).expanduser()
@@ -305,7 +305,7 @@ def load_adm(checkpoint: str, *, preset: str = "ffhq256", cache_dir: str | None 
     if not path.is_file():
         raise FileNotFoundError(
             f"model.checkpoint={checkpoint!r}: no such file or folder. Pass the guided-diffusion .pt (e.g. DPS's "
-            f"ffhq_10m.pt) or a folder converted by `python -m diffexp.convert_adm CKPT DIR --preset {preset}`"
+            f"ffhq_10m.pt) or a folder converted by `python -m diffexp.models.adm CKPT DIR --preset {preset}`"
         )
     root = Path(cache_dir).expanduser() if cache_dir else cache_root()
     folder = root / f"{preset}-{_sha256(path)[:16]}"
@@ -319,7 +319,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m diffexp.convert_adm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m diffexp.models.adm", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="guided-diffusion UNet state dict (.pt)")
     parser.add_argument("out_dir", help="diffusers folder to write (config.json, weights, scheduler_config.json)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a known architecture; flags below override it")

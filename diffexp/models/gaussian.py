@@ -10,7 +10,7 @@ For y = A x0 + σ_y n the posterior is N(m, C) with C = (S⁻¹ + AᵀA/σ_y²)�
 (``posterior``), A built densely from the real operator (``dense_matrix``). A sampler is then checked
 by comparing the mean and per-pixel variance of its samples of one y with m and diag(C).
 
-``gaussian_oracle(mu, s2)`` returns a real ``diffexp.model.DiffusionModel`` whose "UNet" is
+``gaussian_oracle(mu, s2)`` returns a real ``diffexp.models.diffusion.DiffusionModel`` whose "UNet" is
 ``GaussianNoisePredictor`` (ε* in float64, returned in x's dtype) and whose schedule is diffusers'
 linear-β DDPM schedule (T = 1000, β from 1e-4 to 0.02, fixed_small, no clipping), as ``model=tiny``.
 So everything the samplers use (``eps``, ``eps_v`` → (ε*, None), ``x0``, ``x0_from_eps``, ``score``,
@@ -34,7 +34,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
-from diffexp.model import DiffusionModel
+from diffexp.models.diffusion import DiffusionModel
 
 
 class GaussianNoisePredictor(nn.Module):

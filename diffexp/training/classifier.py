@@ -1,6 +1,6 @@
 """Train the MNIST classifier behind the ``mnist`` FID/KID features, and export it with reference statistics.
 
-``python -m diffexp.train_classifier data.path=DIR`` (config ``conf/train_classifier.yaml``; DIR holds the
+``python -m diffexp.training.classifier data.path=DIR`` (config ``conf/train_classifier.yaml``; DIR holds the
 MNIST idx files ``train-images``/``train-labels``/``t10k-images``/``t10k-labels``, gzip or raw). Writes to
 ``export_dir``: ``model.safetensors``, ``reference_stats.safetensors`` (mean and covariance of the features
 of the full test set, and a seeded sample of 1000 test features for KID) and the model card ``README.md``.
@@ -19,11 +19,12 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torchvision.transforms.functional import gaussian_blur
 
-from diffexp.classifier import WEIGHTS_FILE, MnistClassifier, predict
-from diffexp.data import from_unit, read_idx
-from diffexp.distribution import MNIST_REFERENCE, MnistFeatures, ReferenceStats, extract, fid_kid, kid_sample_indices
+from diffexp.models.classifier import WEIGHTS_FILE, MnistClassifier, predict
+from diffexp.data.loaders import read_idx
+from diffexp.data.ranges import from_unit
+from diffexp.evaluation.fid import MNIST_REFERENCE, MnistFeatures, ReferenceStats, extract, fid_kid, kid_sample_indices
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def load_split(path: str, split: str) -> tuple[Tensor, Tensor]:
@@ -73,9 +74,9 @@ def calibrate(test_x: Tensor, extractor: MnistFeatures, stats: ReferenceStats, s
 def write_card(out: Path, cfg: DictConfig, info: dict) -> None:
     text = f"""# diffexp MNIST classifier (features of the `mnist` FID/KID)
 
-A small CNN (`diffexp.classifier.MnistClassifier`: three 3×3 conv + max-pool stages 32/64/64 channels,
+A small CNN (`diffexp.models.classifier.MnistClassifier`: three 3×3 conv + max-pool stages 32/64/64 channels,
 a 128-unit ReLU layer whose activations are the FID/KID features, dropout 0.3, 10 logits; {info['params']:,}
-parameters) trained with `python -m diffexp.train_classifier data.path=<MNIST idx folder>`.
+parameters) trained with `python -m diffexp.training.classifier data.path=<MNIST idx folder>`.
 
 - Data: MNIST training set (60,000 digits); test accuracy on the 10,000 test digits. MNIST by Yann LeCun and
   Corinna Cortes, licence CC BY-SA 3.0.
@@ -88,7 +89,7 @@ parameters) trained with `python -m diffexp.train_classifier data.path=<MNIST id
   These are the reference of `task=generate` with the `mnist` features.
 - Input: (N, 1, 28, 28) images in [-1, 1].
 
-Calibration (`diffexp.train_classifier.calibrate`): FID and KID against these statistics of held-out test
+Calibration (`diffexp.training.classifier.calibrate`): FID and KID against these statistics of held-out test
 digits (not in the KID sample), of the same digits blurred (Gaussian 9×9, σ = 2 px) and of uniform noise.
 FID is biased upwards on small sets (compare sets of equal size; prefer KID below a few thousand images).
 

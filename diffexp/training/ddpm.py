@@ -1,6 +1,6 @@
 """Train a diffusers ``UNet2DModel`` (ε-prediction DDPM, Ho et al. 2020) on MNIST or an image folder.
 
-``python -m diffexp.train data.path=DIR`` (config ``conf/train.yaml``). AdamW with warm-up and cosine
+``python -m diffexp.training.ddpm data.path=DIR`` (config ``conf/train.yaml``). AdamW with warm-up and cosine
 decay, EMA weights, periodic checkpoints that ``resume=true`` continues exactly (model, optimizer,
 EMA, step, RNG), W&B logging (one run per output directory, continued on resume), and a diffusers folder
 with a model card at the end. Trains on a GPU when there is one (``device=auto``); ``dtype=bfloat16``
@@ -30,16 +30,17 @@ from torch import Tensor
 from tqdm import tqdm
 
 from diffexp.cli import clean_errors
-from diffexp.data import folder, from_unit, read_idx
+from diffexp.data.loaders import folder, read_idx
+from diffexp.data.ranges import from_unit
 from diffexp.errors import ConfigError
 from diffexp.experiment import resolve_device
-from diffexp.images import make_grid
-from diffexp.loggers.wandb import init_run, remember_run, run_id
-from diffexp.model import DiffusionModel
+from diffexp.rundir.images import make_grid
+from diffexp.tracking.wandb import init_run, remember_run, run_id
+from diffexp.models.diffusion import DiffusionModel
 from diffexp.samplers.ddpm import ddpm
-from diffexp.schedule import respaced_timesteps
+from diffexp.models.schedule import respaced_timesteps
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # float16 would need loss scaling
 
 
@@ -78,7 +79,7 @@ def write_card(out: Path, cfg: DictConfig, info: dict) -> None:
     unet.pop("_target_")
     text = f"""# diffexp MNIST DDPM
 
-A small ε-prediction DDPM (Ho et al. 2020) UNet trained with `python -m diffexp.train`.
+A small ε-prediction DDPM (Ho et al. 2020) UNet trained with `python -m diffexp.training.ddpm`.
 
 - Data: {info['data']}. MNIST by Yann LeCun and Corinna Cortes, licence CC BY-SA 3.0.
 - Architecture: diffusers `UNet2DModel` {json.dumps(unet)}; {info['params']:,} parameters.

@@ -9,7 +9,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import make_grid as tv_make_grid
 
-from diffexp.data import to_uint8
+from diffexp.data.ranges import to_uint8
 
 GRID_PADDING = 2  # white pixels around every tile of a grid
 

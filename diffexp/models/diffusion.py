@@ -3,7 +3,7 @@
 The wrapper exposes the quantities every sampler needs (Ho et al. 2020; Song et al. 2021):
 ``eps(x, t)``, Tweedie's ``x0(x, t) = (x_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t)`` and
 ``score(x, t) = −ε/sqrt(1−ᾱ_t)``, whatever the network predicts (epsilon, sample or v).
-Learned-variance (``learned_range``) models such as the ADM checkpoints (``diffexp.convert_adm``) output
+Learned-variance (``learned_range``) models such as the ADM checkpoints (``diffexp.models.adm``) output
 2C channels; ``eps_v(x, t)`` returns ε and the variance interpolation weight v (improved DDPM, eq. 15).
 """
 

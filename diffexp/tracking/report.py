@@ -1,4 +1,4 @@
-"""Sweep report: ``python -m diffexp.report <multirun dir>``.
+"""Sweep report: ``python -m diffexp.tracking.report <multirun dir>``.
 
 Reads every job's ``metrics.json`` and ``.hydra/overrides.yaml`` and writes, into the multirun dir,
 ``summary.csv`` (one row per job, all numbers), ``summary.md`` (one row per configuration: swept keys →
@@ -25,7 +25,7 @@ import yaml
 PLOTTED = ("psnr", "ssim", "lpips")
 LOWER_IS_BETTER = ("lpips", "residual")
 REPEAT_KEYS = ("seed",)  # swept to repeat a configuration: pooled in the report, never a "best" value
-JOB_ERROR_FILE = "job_error.json"  # written by diffexp.callbacks.SweepReport when a job raises
+JOB_ERROR_FILE = "job_error.json"  # written by diffexp.tracking.callbacks.SweepReport when a job raises
 
 
 @dataclass
@@ -409,7 +409,7 @@ def headline(report: Report, max_rows: int = 10) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m diffexp.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m diffexp.tracking.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (hydra.sweep.dir)")
     parser.add_argument("--wandb-project", help="also log the report to W&B, as a run of job_type report")
     parser.add_argument("--wandb-entity", help="W&B entity (default: yours)")
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(path)
     print(headline(report))
     if args.wandb_project:
-        from diffexp.loggers.wandb import log_report  # imports wandb, only when asked
+        from diffexp.tracking.wandb import log_report  # imports wandb, only when asked
 
         log_report(
             report, project=args.wandb_project, entity=args.wandb_entity, group=args.wandb_group,

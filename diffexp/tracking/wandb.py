@@ -28,10 +28,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from diffexp.distribution import summary_values
-from diffexp.images import make_grid
-from diffexp.outputs import image_name
-from diffexp.report import PLOTTED, Report, parse_overrides, typed
+from diffexp.evaluation.fid import summary_values
+from diffexp.rundir.images import make_grid
+from diffexp.rundir.recorder import image_name
+from diffexp.tracking.report import PLOTTED, Report, parse_overrides, typed
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
@@ -280,7 +280,7 @@ class WandbLogger:
         for prefix, block in (("", result.get("metrics") or {}), ("baseline/", result.get("baseline") or {})):
             for metric, stats in block.items():
                 summary.update({f"{prefix}{metric}/{stat}": value for stat, value in stats.items()})
-        summary.update(summary_values(result.get("distribution")))  # fid, kid/mean, ... (diffexp.distribution)
+        summary.update(summary_values(result.get("distribution")))  # fid, kid/mean, ... (diffexp.evaluation.fid)
         self.run.summary.update(summary)
         data: dict[str, Any] = {}
         rows = result.get("per_image") or []

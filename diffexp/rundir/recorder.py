@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor
 
-from diffexp.data import from_unit
+from diffexp.data.ranges import from_unit
 from diffexp.errors import ConfigError
-from diffexp.images import comparison_grid, make_grid, save_png
+from diffexp.rundir.images import comparison_grid, make_grid, save_png
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips", "residual")

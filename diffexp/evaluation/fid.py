@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from diffexp.classifier import CLASSIFIER_DIR, MnistClassifier, load_classifier
-from diffexp.data import IMAGE_SUFFIXES, _load_image, to_unit
-from diffexp.outputs import image_name, write_json
+from diffexp.models.classifier import CLASSIFIER_DIR, MnistClassifier, load_classifier
+from diffexp.data.loaders import IMAGE_SUFFIXES, _load_image
+from diffexp.data.ranges import to_unit
+from diffexp.rundir.recorder import image_name, write_json
 
 log = logging.getLogger(__name__)
 FEATURES = ("auto", "mnist", "inception")

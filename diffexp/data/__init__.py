@@ -1,0 +1,1 @@
+"""Ground-truth images: loaders (``conf/data/``), value-range conversion, the bundled MNIST subset."""

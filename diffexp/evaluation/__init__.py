@@ -1,0 +1,1 @@
+"""Scoring: per-image metrics (PSNR, SSIM, LPIPS) and distribution metrics (FID/KID, classifier accuracy)."""
