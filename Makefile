@@ -64,13 +64,14 @@ train-classifier: $(STAMP) ## Train the MNIST classifier of the mnist FID/KID fe
 	$(PY) -m diffexp.training.classifier data.path=$(DATA) $(ARGS)
 
 SWEEP := $(PY) run.py -m logger=none overwrite=true  # tune/table regenerate their fixed sweep dirs
+POSTERIOR = $$($(PY) -m diffexp.samplers.registry --posterior)  # every posterior sampler of conf/sampler/
 
 tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<task>-<sampler>/summary.md
 	-$(SWEEP) task=denoise sampler=dps sampler.step_size=0.3,0.5,1 hydra.sweep.dir=outputs/tune/denoise-dps
 	-$(SWEEP) task=inpaint sampler=dps sampler.step_size=1,2,3,5 hydra.sweep.dir=outputs/tune/inpaint-dps
 	-$(SWEEP) task=deblur sampler=dps sampler.step_size=2,3,5 hydra.sweep.dir=outputs/tune/deblur-dps
 	-$(SWEEP) task=super_resolution sampler=dps sampler.step_size=2,3,5 hydra.sweep.dir=outputs/tune/super_resolution-dps
-	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald,pigdm,ddnm,diffpir,daps,reddiff sampler.num_steps=50 hydra.sweep.dir=outputs/tune/new-50
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=$(POSTERIOR) sampler.num_steps=50 hydra.sweep.dir=outputs/tune/new-50
 	-$(SWEEP) task=inpaint,super_resolution sampler=scoreald sampler.corrector_steps=0 sampler.step_size=1,2,4,8,16 sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-eta
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald sampler.step_size=1,4 sampler.corrector_steps=1,3 sampler.corrector_size=0.5,1 hydra.sweep.dir=outputs/tune/scoreald-corrector
 	-$(SWEEP) task=deblur,super_resolution sampler=pigdm sampler.step_size=1,2 hydra.sweep.dir=outputs/tune/pigdm-w
@@ -83,8 +84,8 @@ tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<t
 	-$(SWEEP) task=denoise sampler=reddiff sampler.lam=2,4,8,16,64 sampler.num_steps=50,100,200 hydra.sweep.dir=outputs/tune/reddiff-denoise
 	-$(SWEEP) task=inpaint,deblur sampler=daps sampler.num_steps=50,100 sampler.ode_steps=1,2 hydra.sweep.dir=outputs/tune/daps-levels
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-steps
-	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald,pigdm,ddnm,diffpir,daps,reddiff data.offset=8 hydra.sweep.dir=outputs/tune/unseen
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=$(POSTERIOR) data.offset=8 hydra.sweep.dir=outputs/tune/unseen
 
 table: $(STAMP) ## The README's task × sampler table with the defaults: outputs/table/summary.md
-	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=dps,scoreald,pigdm,ddnm,diffpir,daps,reddiff hydra.sweep.dir=outputs/table
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=$(POSTERIOR) hydra.sweep.dir=outputs/table
 	$(PY) -m benchmarks.defaults_table outputs/table

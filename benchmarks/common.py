@@ -9,8 +9,9 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
+from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,26 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from diffexp.experiment import image_generator, resolve_device, sampler_parts
 from diffexp.models.diffusion import DiffusionModel
+from diffexp.models.schedule import respaced_timesteps
+from diffexp.rng import image_generator
+from diffexp.runtime import resolve_device
+from diffexp.samplers.registry import available
+from diffexp.solve import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@cache
+def posterior_samplers() -> tuple[str, ...]:
+    """Every posterior sampler of ``conf/sampler/`` (``available()``, declared ``measurement=True``), by name."""
+    return tuple(name for name, spec in available().items() if spec.measurement)
+
+
+def _fast_samplers() -> tuple[str, ...]:
+    return tuple(name for name in posterior_samplers() if name != "dps")
 
 
 @dataclass(frozen=True)
@@ -51,7 +66,7 @@ class Settings:
     memory_batch: int = 8  # 1. and 5. peak memory, one fresh process per side
     memory_steps: int = 3
     fast_images: int = 8  # 6. fast samplers vs DPS (deblur, one batch)
-    fast_samplers: tuple[str, ...] = ("scoreald", "pigdm", "ddnm", "diffpir", "daps", "reddiff")
+    fast_samplers: tuple[str, ...] = field(default_factory=_fast_samplers)  # every posterior sampler but DPS
     fast_steps: int = 0  # 0: each sampler's default num_steps
 
 
@@ -98,20 +113,31 @@ def load_model(s: Settings, device: torch.device) -> DiffusionModel:
     return instantiate(compose_cfg(s).model).to(device)
 
 
-def sampler_fn(s: Settings, name: str, task: str) -> Callable[..., torch.Tensor]:
-    """``conf/sampler/<name>.yaml`` as a partial, its hyperparameters bound as ``run`` binds them for
-    ``task`` (step sizes default per task)."""
-    return sampler_parts(compose_cfg(s, f"sampler={name}", f"task={task}").sampler)[0]
+def problem(s: Settings, model: DiffusionModel, sampler: str, task: str, num_steps: int | None = None) -> Problem:
+    """``diffexp.solve.Problem`` of ``sampler=<sampler> task=<task>`` (the tuned values of
+    ``conf/tuned/<task>_<sampler>.yaml`` included) as ``run`` builds it, on the model's device; ``num_steps``
+    overrides ``sampler.num_steps``."""
+    steps = [] if num_steps is None else [f"sampler.num_steps={num_steps}"]
+    cfg = compose_cfg(s, f"sampler={sampler}", f"task={task}", *steps)
+    return Problem.from_config(cfg, model, model.alphas_cumprod.device)
+
+
+def with_steps(problem: Problem, model: DiffusionModel, steps: int) -> Problem:
+    """``problem`` on a ``steps``-step grid from the same first timestep (the benchmarks vary the step count)."""
+    grid = respaced_timesteps(model.num_train_timesteps, steps, t_max=int(problem.grid[0]))
+    return replace(problem, grid=grid.to(problem.grid.device))
+
+
+def ground_truth(s: Settings, model: DiffusionModel, indices: list[int]) -> torch.Tensor:
+    """The images ``indices`` of the benchmark's data (``conf/data/<data>.yaml``), on the model's device."""
+    data = instantiate(compose_cfg(s).data)
+    truth = data(channels=model.channels, size=model.sample_size, num_images=max(indices) + 1)
+    return truth[indices].to(model.alphas_cumprod.device)
 
 
 def generators(seed: int, indices: range | list[int], device: torch.device) -> list[torch.Generator]:
     """The per-image generators ``run`` would use for these image indices."""
     return [image_generator(seed, i, device) for i in indices]
-
-
-def initial_noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """x_T, row i from ``gens[i]`` (as ``run``)."""
-    return torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
 
 
 def sync(device: torch.device) -> None:

@@ -24,7 +24,7 @@ KNOBS = ("step_size", "eta", "lam", "zeta", "lr", "ode_steps", "corrector_steps"
 
 
 def settings(sampler: dict) -> str:
-    """The sampler's hyperparameters that set its strength (resolved per-task defaults included)."""
+    """The sampler's hyperparameters that set its strength (the per-task values of conf/tuned/ included)."""
     return ", ".join(f"{k} {sampler[k]:g}" for k in KNOBS if isinstance(sampler.get(k), (int, float)))
 
 
@@ -39,7 +39,7 @@ def table(sweep_dir: Path) -> str:
             lines.append(f"| {job.overrides.get('task')} | {job.overrides.get('sampler')} | | {job.status}: {job.error} | | | | | |")
             continue
         config = OmegaConf.load(job.path / ".hydra" / "config.yaml")
-        sampler = OmegaConf.to_container(config.sampler, resolve=True)  # resolves the per-task defaults
+        sampler = OmegaConf.to_container(config.sampler, resolve=True)  # the tuned values are already in it
         m, b = r["metrics"], r["baseline"]
         lines.append(
             f"| {r['task']} | {r['sampler']} | {settings(sampler)} | {_cell(m.get('psnr'), 2)} | "

@@ -12,16 +12,10 @@ import time
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 
 from benchmarks import sides
-from benchmarks.common import Settings, compose_cfg, generators, load_model, median, sampler_fn, setup, sync
+from benchmarks.common import Settings, ground_truth, load_model, median, problem, setup, sync
 from diffexp.evaluation.metrics import Metrics
-from diffexp.models.schedule import respaced_timesteps
-
-
-def _num_steps(s: Settings, name: str, task: str) -> int:
-    return int(compose_cfg(s, f"sampler={name}", f"task={task}").sampler.num_steps)
 
 
 def deepinv_diffpir(model: Any, operator: Any, y: torch.Tensor, x: torch.Tensor, seed: int, steps: int) -> torch.Tensor:
@@ -52,26 +46,24 @@ def deepinv_diffpir(model: Any, operator: Any, y: torch.Tensor, x: torch.Tensor,
 
 
 def fast(s: Settings, out_dir: Any) -> dict[str, Any]:
-    """Every guided sampler at its defaults vs DPS at ``dps_steps``, on ``fast_images`` images in one batch."""
+    """Every posterior sampler (``fast_samplers``) at its defaults vs DPS at ``dps_steps``, on ``fast_images``
+    images in one batch, all solved for the same y."""
     device = setup(s)
     model = load_model(s, device)
     task, indices = s.dps_task, list(range(s.fast_images))
-    cfg = compose_cfg(s, f"task={task}")
-    truth = instantiate(cfg.data)(channels=model.channels, size=model.sample_size, num_images=len(indices)).to(device)
-    gens = generators(s.seed, indices, device)
-    operator = instantiate(cfg.task.operator)(image_shape=model.image_shape, generators=gens).to(device)
-    y = operator.measure(truth, gens)
-    steps = {"dps": s.dps_steps}
-    steps.update({name: s.fast_steps or _num_steps(s, name, task) for name in s.fast_samplers})
+    truth = ground_truth(s, model, indices)
+    problems = {"dps": problem(s, model, "dps", task, s.dps_steps)}
+    problems.update({name: problem(s, model, name, task, s.fast_steps or None) for name in s.fast_samplers})
+    steps = {name: len(p.grid) for name, p in problems.items()}
+    operator, y, _, _ = sides.peer_inputs(model, problems["dps"], s.seed, indices, truth)  # deepinv's y
     contenders = {
-        name: functools.partial(sides.diffexp_sample, model, sampler_fn(s, name, task), s.seed, indices, n, y=y,
-                                operator=operator)
-        for name, n in steps.items()
+        name: functools.partial(sides.diffexp_solve, model, p, s.seed, indices, steps[name], truth)
+        for name, p in problems.items()
     }
-    notes = [f"Task `{task}` as configured (conf/task/{task}.yaml), the samplers' defaults (conf/sampler/*.yaml, "
-             "per-task step sizes); network calls per image: DAPS = num_steps × ode_steps, ScoreALD = num_steps + "
-             "(num_steps − 1) × corrector_steps, others = num_steps "
-             "(DPS and ΠGDM also backpropagate through the UNet)."]
+    notes = [f"Task `{task}` as configured (conf/task/{task}.yaml), every posterior sampler at its defaults "
+             "(conf/sampler/*.yaml, tuned per task in conf/tuned/), through `diffexp.solve.solve_batch`; network "
+             "calls per image: DAPS = num_steps × ode_steps, ScoreALD = num_steps + (num_steps − 1) × "
+             "corrector_steps, others = num_steps (DPS and ΠGDM also backpropagate through the UNet)."]
     x = torch.zeros(len(indices), *model.image_shape, device=device)
     try:
         deepinv_diffpir(model, operator, y, x, s.seed, 2)
@@ -82,6 +74,7 @@ def fast(s: Settings, out_dir: Any) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - whatever deepinv raises is the result to report
         notes.append(f"deepinv DiffPIR not compared: {type(err).__name__}: {err}")
     seconds, outputs = _rounds(contenders, s.repeats, device)
+    outputs.update({name: sides.solved_for(outputs[name], y) for name in problems})
     metrics = Metrics(lpips=False)
     rows = []
     for name, out in outputs.items():

@@ -13,6 +13,7 @@ Results: ``benchmarks/results/gpu_<gpu name>.json`` and ``.md``, rewritten after
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -27,10 +28,12 @@ from diffusers import DDPMScheduler, UNet2DModel
 from benchmarks.common import RESULTS, machine_info, sync
 from benchmarks.report import table
 from diffexp.models.diffusion import DiffusionModel, tiny_unet
+from diffexp.models.schedule import respaced_timesteps
 from diffexp.operators.blur import Blur
 from diffexp.samplers.ddpm import ddpm
 from diffexp.samplers.dps import dps
-from diffexp.models.schedule import respaced_timesteps
+from diffexp.samplers.registry import spec_of
+from diffexp.solve import Problem, solve_batch
 
 T = 1000
 COMPILE_RESERVE_S = 150  # do not start a compiled configuration with less time left than this
@@ -68,22 +71,22 @@ def configurations(batches: list[int]) -> list[dict[str, Any]]:
 def time_steps(
     model: DiffusionModel, sampler: str, batch: int, dtype: str, steps: list[int], device: torch.device
 ) -> float:
-    """Seconds of one sampler call over the grid steps ``steps`` (indices into the 1000-step grid)."""
+    """Seconds of one ``solve_batch`` over the grid steps ``steps`` (indices into the 1000-step grid)."""
     grid = respaced_timesteps(T, T).to(device)[steps]
     gens = [torch.Generator(device=device).manual_seed(i) for i in range(batch)]
-    x = torch.randn(batch, *model.image_shape, device=device)
-    kwargs: dict[str, Any] = {}
+    truth = operator = None
+    sample = functools.partial(ddpm)
     if sampler == "dps":
         kernel_size = 61 if model.sample_size > 61 else 7  # 7: the --smoke UNet's 16 px images
-        operator = Blur(model.image_shape, gens, 0.05, kernel_size=kernel_size, std=3.0).to(device)
-        kwargs = {"y": operator.measure(torch.rand(batch, *model.image_shape, device=device) * 2 - 1, gens),
-                  "operator": operator, "step_size": 1.0}
-    fn = dps if sampler == "dps" else ddpm
+        operator = functools.partial(Blur, sigma_y=0.05, kernel_size=kernel_size, std=3.0)
+        truth = torch.rand(batch, *model.image_shape, device=device) * 2 - 1
+        sample = functools.partial(dps, step_size=1.0)
+    problem = Problem(sample, spec_of(sample), grid, operator, sdedit=False)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
     sync(device)
     start = time.perf_counter()
     with autocast:
-        fn(model, x, timesteps=grid, generators=gens, **kwargs)
+        solve_batch(problem, model, truth, gens)
     sync(device)
     return time.perf_counter() - start
 

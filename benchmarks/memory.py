@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 
 from benchmarks import sides
-from benchmarks.common import ROOT, Settings, compose_cfg, generators, load_model, sampler_fn, setup
+from benchmarks.common import ROOT, Settings, ground_truth, load_model, problem, setup
 from diffexp.models.diffusion import DiffusionModel
 
 SIDES = ("diffexp-ddpm", "diffusers-ddpm", "diffexp-dps", "diffexp-scoreald")
@@ -56,22 +55,17 @@ def _reset_peak_rss() -> bool:
 
 
 def _side_call(s: Settings, side: str, model: DiffusionModel, batch: int, steps: int) -> Callable[[], Any]:
-    """A no-argument call of ``side`` at ``batch`` with its inputs built (outside what is measured)."""
+    """A no-argument call of ``side`` at ``batch`` with its inputs built (outside what is measured); a diffexp side
+    is one ``solve_batch`` (its measurement of the ground truth included)."""
     if side == "diffusers-ddpm":
         pipe = sides.diffusers_pipeline(model)
         return lambda: sides.diffusers_ddpm(pipe, batch, s.seed, steps)
     name = side.removeprefix("diffexp-")
-    sample = sampler_fn(s, name, "generate" if name == "ddpm" else s.dps_task)
+    task = "generate" if name == "ddpm" else s.dps_task
+    solve = problem(s, model, name, task)
     indices = list(range(batch))
-    y = operator = None
-    if name != "ddpm":
-        device = model.alphas_cumprod.device
-        cfg = compose_cfg(s, f"task={s.dps_task}")
-        truth = instantiate(cfg.data)(channels=model.channels, size=model.sample_size, num_images=batch)
-        gens = generators(s.seed, indices, device)
-        operator = instantiate(cfg.task.operator)(image_shape=model.image_shape, generators=gens).to(device)
-        y = operator.measure(truth.to(device), gens)
-    return lambda: sides.diffexp_sample(model, sample, s.seed, indices, steps, y, operator)
+    truth = None if task == "generate" else ground_truth(s, model, indices)
+    return lambda: sides.diffexp_solve(model, solve, s.seed, indices, steps, truth)
 
 
 def measure(s: Settings, side: str, batch: int, steps: int) -> dict[str, Any]:

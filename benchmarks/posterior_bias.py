@@ -17,21 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_object
+from omegaconf import OmegaConf
 
+from benchmarks.common import posterior_samplers
 from diffexp.models.gaussian import dense_matrix, gaussian_oracle, posterior
+from diffexp.models.schedule import respaced_timesteps, sdedit_start
 from diffexp.operators.blur import Blur
 from diffexp.operators.identity import Identity
 from diffexp.operators.inpaint import Inpaint
 from diffexp.operators.super_resolution import SuperResolution
-from diffexp.samplers.daps import daps
-from diffexp.samplers.ddnm import ddnm
-from diffexp.samplers.ddpm import ddpm
-from diffexp.samplers.diffpir import diffpir
-from diffexp.samplers.dps import dps
-from diffexp.samplers.pigdm import pigdm
-from diffexp.samplers.reddiff import reddiff
-from diffexp.samplers.scoreald import scoreald
-from diffexp.models.schedule import respaced_timesteps, sdedit_start
+from diffexp.samplers.registry import CONF_SAMPLERS
 
 SHAPE = (1, 8, 8)
 OPERATORS: dict[str, Callable[[float], Any]] = {
@@ -40,11 +36,13 @@ OPERATORS: dict[str, Callable[[float], Any]] = {
     "sr2": lambda s: SuperResolution(SHAPE, [torch.Generator()], s, factor=2),
     "blur": lambda s: Blur(SHAPE, [torch.Generator()], s, kernel_size=3, std=1.0, padding="circular"),
 }
-SAMPLERS = {
-    "dps": dps, "scoreald": scoreald, "pigdm": pigdm, "ddnm": ddnm, "diffpir": diffpir, "daps": daps, "reddiff": reddiff
+# Every posterior sampler of conf/sampler/ (the registry), option name -> function.
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
+    name: get_object(OmegaConf.load(CONF_SAMPLERS / f"{name}.yaml")._target_) for name in posterior_samplers()
 }
+# num_steps of the shipped table; a sampler not listed is refused by ``main`` (add its row here).
 STEPS = {"dps": 200, "scoreald": 200, "pigdm": 200, "ddnm": 100, "diffpir": 100, "daps": 100, "reddiff": 100}
-HPARAMS = {  # the settings of the shipped table
+HPARAMS = {  # the settings of the shipped table; a sampler not listed runs at its function's defaults
     "diffpir": {"lam": 7.0, "zeta": 0.3}, "daps": {"ode_steps": 2}, "ddnm": {"eta": 0.85},
     "scoreald": {"corrector_steps": 1, "corrector_size": 1.0},
 }
@@ -122,6 +120,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=list(SAMPLERS), metavar="SAMPLER",
                         help="these samplers' rows only: printed, the file is not written")
     args = parser.parse_args()
+    names = [name for name in SAMPLERS if not args.only or name in args.only]
+    missing = [name for name in names if name not in STEPS]
+    if missing:
+        raise ValueError(f"sampler(s) {', '.join(missing)} have no num_steps in benchmarks/posterior_bias.py STEPS "
+                         f"(listed: {', '.join(STEPS)}): add them there")
     torch.set_num_threads(1)
     start = time.perf_counter()
     lines = [
@@ -134,17 +137,15 @@ def main() -> None:
         "variance ratio mean(s²_i/C_ii) (1 for an exact sampler; MC error ≈ ±0.02). Samplers at "
         "their nominal settings (step sizes 1; DiffPIR λ = 7, ζ = 0.3, the paper's deblurring values; DAPS "
         "ode_steps = 2; DDNM η = 0.85; ScoreALD with its corrector (K = 1, size 1); RED-diff λ = 0.05, lr = 0.5), num_steps: "
-        + ", ".join(f"{k} {v}" for k, v in STEPS.items())
+        + ", ".join(f"{k} {STEPS[k]}" for k in names)
         + "; x̂0 not clipped. Produced by `python -m benchmarks.posterior_bias`.",
         "",
     ]
     header = "| prior | sampler | " + " | ".join(OPERATORS) + " |"
     lines += [header, "|" + "---|" * (2 + len(OPERATORS))]
     for prior, s2 in PRIORS.items():
-        for name, fn in SAMPLERS.items():
-            if args.only and name not in args.only:
-                continue
-            cells = []
+        for name in names:
+            fn, cells = SAMPLERS[name], []
             for op in OPERATORS.values():
                 clip = {"clip_denoised": False} if "clip_denoised" in inspect.signature(fn).parameters else {}
                 hp: dict[str, Any] = {**clip, **HPARAMS.get(name, {})}

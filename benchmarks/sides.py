@@ -1,6 +1,8 @@
-"""The contenders, each a function ``(..., steps) -> images in [-1, 1]`` over the same UNet.
+"""The contenders, each a function ``(..., steps) -> images in [-1, 1]`` over the same UNet (``diffexp_solve``:
+the solved batch, its images ``.x``).
 
-- ``diffexp_*``: diffexp's sampler functions, called as ``run`` calls them.
+- ``diffexp_solve``: ``diffexp.solve.solve_batch``, the function ``run`` solves each batch with (measure,
+  x_T or SDEdit start, sample, clamp).
 - ``diffusers_ddpm``: ``diffusers.DDPMPipeline`` with the same UNet and a copy of its scheduler.
 - ``deepinv_dps``: deepinv's ``DPS`` with the UNet wrapped by deepinv's own ``ScoreModelWrapper``.
 - ``official_dps``: a straight re-implementation of the official DPS loop (Chung et al. 2023, their
@@ -12,35 +14,42 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler
 from torch import Tensor
 
-from benchmarks.common import generators, initial_noise
+from benchmarks.common import generators, with_steps
 from diffexp.models.diffusion import DiffusionModel
 from diffexp.models.schedule import previous_alphas_cumprod, respaced_betas, respaced_timesteps
+from diffexp.solve import Problem, Solved, initial_state, measure, solve_batch
 
-Sampler = Callable[..., Tensor]
+
+def diffexp_solve(
+    model: DiffusionModel, problem: Problem, seed: int, indices: list[int], steps: int, truth: Tensor | None = None
+) -> Solved:
+    """One batch as ``run`` solves it: the images' generators, then ``solve_batch`` on a ``steps``-step grid
+    (``truth``: the images to measure; None: generation)."""
+    gens = generators(seed, indices, problem.grid.device)
+    return solve_batch(with_steps(problem, model, steps), model, truth, gens)
 
 
-def diffexp_sample(
-    model: DiffusionModel,
-    sample: Sampler,
-    seed: int,
-    indices: list[int],
-    steps: int,
-    y: Tensor | None = None,
-    operator: Any = None,
-) -> Tensor:
-    """One diffexp sampler call as ``run`` makes it: per-image generators, x_T from them, the grid."""
-    device = model.alphas_cumprod.device
-    gens = generators(seed, indices, device)
-    x = initial_noise(gens, model.image_shape, device)
-    grid = respaced_timesteps(model.num_train_timesteps, steps).to(device)
-    return sample(model, x, timesteps=grid, generators=gens, y=y, operator=operator).clamp(-1, 1)
+def peer_inputs(
+    model: DiffusionModel, problem: Problem, seed: int, indices: list[int], truth: Tensor
+) -> tuple[Any, Tensor, Tensor, list[torch.Generator]]:
+    """(operator, y, x_T, generators) that ``diffexp_solve(..., truth)`` draws, for a peer to start from: the
+    measurement first, then the initial state, from the same per-image generators (left where they are)."""
+    gens = generators(seed, indices, problem.grid.device)
+    operator, y = measure(problem, model, truth, gens)
+    return operator, y, initial_state(problem, model, y, gens), gens
+
+
+def solved_for(solved: Solved, y: Tensor) -> Tensor:
+    """The output of a diffexp batch, checked to be solved for the measurement ``y`` its peers were given."""
+    if solved.y is None or not torch.equal(solved.y, y):
+        raise RuntimeError("diffexp solved a different measurement than its peers were given (not the same y)")
+    return solved.x
 
 
 def diffusers_pipeline(model: DiffusionModel) -> DDPMPipeline:

@@ -11,21 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 
 import diffexp
 from benchmarks import sides
 from benchmarks.common import (
     Settings,
     compose_cfg,
-    generators,
-    initial_noise,
+    ground_truth,
     interleaved,
     load_model,
     median,
     package_version,
     paired_ratio_note,
-    sampler_fn,
+    problem,
     setup,
 )
 from benchmarks.fast import fast
@@ -35,27 +33,16 @@ from diffexp.evaluation.metrics import Metrics
 MB = 2**20
 
 
-def _measurement(s: Settings, model: Any, task: str, indices: list[int]) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """(operator, y, truth) for the images ``indices`` of the benchmark's data, as ``run`` builds them."""
-    device = model.alphas_cumprod.device
-    cfg = compose_cfg(s, f"task={task}")
-    truth = instantiate(cfg.data)(channels=model.channels, size=model.sample_size, num_images=max(indices) + 1)
-    truth = truth[indices].to(device)
-    gens = generators(s.seed, indices, device)
-    operator = instantiate(cfg.task.operator)(image_shape=model.image_shape, generators=gens).to(device)
-    return operator, operator.measure(truth, gens), truth
-
-
 def generation(s: Settings, out_dir: Path) -> dict[str, Any]:
     """1. ``sampler=ddpm`` vs ``diffusers.DDPMPipeline``: same UNet, steps and batch; time and peak memory."""
     device = setup(s)
     model = load_model(s, device)
     pipe = sides.diffusers_pipeline(model)
-    ddpm = sampler_fn(s, "ddpm", "generate")
+    ddpm = problem(s, model, "ddpm", "generate")
     batch = list(range(s.gen_batch))
     seconds, _ = interleaved(
         {
-            "diffexp": lambda n: sides.diffexp_sample(model, ddpm, s.seed, batch, n),
+            "diffexp": lambda n: sides.diffexp_solve(model, ddpm, s.seed, batch, n),
             "diffusers": lambda n: sides.diffusers_ddpm(pipe, s.gen_batch, s.seed, n),
         },
         s.gen_steps, s.repeats, device,
@@ -93,22 +80,24 @@ def dps(s: Settings, out_dir: Path) -> dict[str, Any]:
     """2. DPS per image (batch 1): diffexp vs deepinv vs the official loop; time and PSNR on the same y."""
     device = setup(s)
     model = load_model(s, device)
-    dps_fn = sampler_fn(s, "dps", s.dps_task)
-    zeta = float(dps_fn.keywords["step_size"])
+    dps_problem = problem(s, model, "dps", s.dps_task)
+    zeta = float(dps_problem.sample.keywords["step_size"])
     weight = sides.deepinv_weight(model, s.dps_steps, zeta)
     metrics = Metrics(lpips=False)
     seconds: dict[str, list[float]] = {}
     scores: dict[str, list[dict[str, float]]] = {}
     notes = [
-        f"Task `{s.dps_task}` as configured in conf/task/{s.dps_task}.yaml; diffexp and the official loop use "
-        f"zeta = {zeta:g} (the task's default); deepinv `DPS(solver='ddpm', weight={weight:.1f})`, the weight "
-        "that gives the same total guidance (`benchmarks.sides.deepinv_weight`); deepinv wraps the same UNet with "
-        "its own `ScoreModelWrapper` (scale_t = sqrt(alphas_cumprod)) and runs its solver in float64 (its default).",
+        f"Task `{s.dps_task}` as configured in conf/task/{s.dps_task}.yaml; diffexp (`diffexp.solve.solve_batch`) "
+        f"and the official loop use zeta = {zeta:g} (the task's default); every side gets the same y and x_T (drawn "
+        f"from the image's generator, as `run` draws them); deepinv `DPS(solver='ddpm', weight={weight:.1f})`, "
+        "the weight that gives the same total guidance (`benchmarks.sides.deepinv_weight`); deepinv wraps the same "
+        "UNet with its own `ScoreModelWrapper` (scale_t = sqrt(alphas_cumprod)) and runs its solver in float64 (its "
+        "default).",
     ]
     deepinv_error = None
     for j in range(s.dps_images):
-        operator, y, truth = _measurement(s, model, s.dps_task, [j])
-        x = initial_noise(generators(s.seed, [j], device), model.image_shape, device)
+        truth = ground_truth(s, model, [j])
+        operator, y, x, _ = sides.peer_inputs(model, dps_problem, s.seed, [j], truth)
         if j == 0:
             deepinv_error = _deepinv_fails(model, operator, y, x, s.seed)
             notes.append(
@@ -116,12 +105,13 @@ def dps(s: Settings, out_dir: Path) -> dict[str, Any]:
                 f"deepinv {package_version('deepinv')} runs with torch {torch.__version__} on the diffusers UNet."
             )
         contenders = {
-            "diffexp": functools.partial(sides.diffexp_sample, model, dps_fn, s.seed, [j], y=y, operator=operator),
+            "diffexp": functools.partial(sides.diffexp_solve, model, dps_problem, s.seed, [j], truth=truth),
             "official": functools.partial(sides.official_dps, model, operator, y, x, s.seed, zeta),
         }
         if not deepinv_error:
             contenders["deepinv"] = functools.partial(sides.deepinv_dps, model, operator, y, x, s.seed, weight)
         times, outputs = interleaved(contenders, s.dps_steps, s.repeats, device)
+        outputs["diffexp"] = sides.solved_for(outputs["diffexp"], y)
         outputs["measurement"] = operator.baseline(y).clamp(-1, 1)
         for name, out in outputs.items():
             seconds.setdefault(name, []).extend(times.get(name, []))
@@ -176,14 +166,13 @@ def scaling(s: Settings, out_dir: Path) -> dict[str, Any]:
     model = load_model(s, device)
     rows = []
     for name in ("ddpm", "dps", "scoreald"):
-        fn = sampler_fn(s, name, "generate" if name == "ddpm" else s.dps_task)
+        task = "generate" if name == "ddpm" else s.dps_task
+        solve = problem(s, model, name, task)
         contenders = {}
         for b in s.scaling_batches:
             indices = list(range(b))
-            y = operator = None
-            if name != "ddpm":
-                operator, y, _ = _measurement(s, model, s.dps_task, indices)
-            contenders[b] = functools.partial(sides.diffexp_sample, model, fn, s.seed, indices, y=y, operator=operator)
+            truth = None if task == "generate" else ground_truth(s, model, indices)
+            contenders[b] = functools.partial(sides.diffexp_solve, model, solve, s.seed, indices, truth=truth)
         times, _ = interleaved(contenders, s.scaling_steps, s.repeats, device)
         base = median(times[s.scaling_batches[0]]) / s.scaling_batches[0]
         for b in s.scaling_batches:
@@ -227,8 +216,8 @@ def quality(s: Settings, out_dir: Path) -> dict[str, Any]:
     return {
         "title": "4. Quality vs steps",
         "setup": f"model={s.model}, data={s.data}, first {s.quality_images} images, seed {s.seed}, step sizes: "
-        "each task's defaults (conf/task/*.yaml); through `diffexp.run` (metrics as in metrics.json); "
-        "plot: quality_vs_steps.png",
+        "each task's defaults (conf/tuned/<task>_<sampler>.yaml); through `diffexp.run` (metrics as in "
+        "metrics.json); plot: quality_vs_steps.png",
         "columns": [("task", "task", ""), ("sampler", "sampler", ""), ("step_size", "step size", "g"),
                     ("steps", "steps", "d"), ("psnr", "PSNR dB", ".2f"), ("ssim", "SSIM", ".3f"),
                     ("baseline_psnr", "measurement PSNR", ".2f"), ("s_per_image", "s / image", ".2f")],

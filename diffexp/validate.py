@@ -1,17 +1,16 @@
-"""Start-up checks: every setting validated before any compute, with a message naming key, value and rule.
+"""Every problem of a composed config, gathered into one message before any compute.
 
-``config_problems(cfg)`` runs first in ``run`` and needs nothing but the config: missing values, unknown
-keys (each ``_target_`` group is checked against its function's signature), every numeric setting and
-input paths. ``model_problems`` adds the checks that need the loaded model (T, image size); ``run`` reports
-both lists together, before any output is written. ``validate(cfg)`` raises on the first list alone;
-``validate_data`` checks what a data loader returned.
+Orchestration only: the keys and their constraints are declared by the components themselves, as typed
+parameters of the function or class a group's ``_target_`` names (``diffexp.settings``), the run's own keys in
+``diffexp.run_settings``, what a sampler needs in its ``@sampler`` declaration and what an operator offers in its
+``capabilities``. ``config_problems(cfg)`` asks them all and returns every problem (empty: all good); the checks
+that need the loaded model (its T, the image size) are in ``model_problems``, the data's in ``validate_data``.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,121 +19,27 @@ from typing import Any
 import torch
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
+from pydantic import BaseModel
 
-from diffexp.evaluation.fid import FEATURES as FID_FEATURES
 from diffexp.errors import ConfigError
-from diffexp.operators.blur import KERNELS
-from diffexp.operators.inpaint import MASKS
-from diffexp.operators.super_resolution import DOWNSAMPLERS
-from diffexp.rundir.recorder import METRICS
+from diffexp.operators.base import PROVIDED as OPERATOR_PROVIDED
+from diffexp.run_settings import DEVICE, RunSettings, RuntimeSettings, TaskSettings
+from diffexp.runtime import resolve_device
+from diffexp.samplers.registry import GRID_KEYS, PROVIDED, GridSettings, SamplerSpec, available, spec_of
+from diffexp.settings import problems as settings_problems
+from diffexp.settings import settings_model
 
-DTYPES_ALLOWED = ("float32", "bfloat16", "float16")
-SAMPLER_META_KEYS = ("name", "num_steps", "t_start")  # sampler keys read by run(), not arguments of the function
-TASK_KEYS = ("name", "sigma_y", "sdedit", "operator", "step_size")  # plus keys the operator interpolates (${task.kernel})
-TOP_LEVEL_KEYS = (
-    "model",
-    "sampler",
-    "task",
-    "data",
-    "logger",
-    "seed",
-    "num_images",
-    "batch_size",
-    "resume",
-    "overwrite",
-    "optimized_metric",
-    "output_dir",
-    "metrics",
-    "runtime",
-)
-RUNTIME_KEYS = ("device", "dtype", "deterministic", "compile", "channels_last", "threads")
 # Arguments that run() passes itself, per ``_target_`` group: never settable from the config.
 PROVIDED_BY_RUN = {
     "model": (),
     "metrics": (),
     "data": ("channels", "size", "num_images"),
     "logger": ("cfg", "output_dir"),
-    "sampler": ("model", "x", "timesteps", "generators", "y", "operator", "callback"),
-    "task.operator": ("image_shape", "generators"),
+    "sampler": PROVIDED,
+    "task.operator": OPERATOR_PROVIDED,
 }
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _int_at_least(low: int) -> Callable[[Any], bool]:
-    return lambda v: _is_int(v) and v >= low
-
-
-def _one_of(allowed: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v in allowed), f"one of {', '.join(allowed)}"
-
-
-_ABSENT = object()
-BOOL = (lambda v: isinstance(v, bool)), "true or false"
-# (key, test, what is allowed); a key absent from the composed config is skipped.
-RULES: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("num_images", _int_at_least(1), "an integer >= 1"),
-    ("batch_size", _int_at_least(1), "an integer >= 1"),
-    ("seed", _int_at_least(0), "an integer >= 0"),
-    ("resume", *BOOL),
-    ("overwrite", *BOOL),
-    ("optimized_metric", *_one_of(METRICS)),
-    ("data.offset", _int_at_least(0), "an integer >= 0"),
-    ("sampler.num_steps", _int_at_least(1), "an integer >= 1 (and <= the model's T)"),
-    ("sampler.t_start", lambda v: v is None or _is_int(v) and v >= 0, "null or an integer >= 0 (and < the model's T)"),
-    ("sampler.step_size", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
-    ("sampler.eta", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
-    ("sampler.corrector_steps", _int_at_least(0), "an integer >= 0"),
-    ("sampler.corrector_size", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
-    ("sampler.lam", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
-    ("sampler.lr", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
-    ("sampler.zeta", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("sampler.ode_steps", _int_at_least(1), "an integer >= 1"),
-    ("sampler.langevin_steps", _int_at_least(0), "an integer >= 0"),
-    ("sampler.travel_length", _int_at_least(1), "an integer >= 1 (and < num_steps with travel_repeat > 1)"),
-    ("sampler.travel_repeat", _int_at_least(1), "an integer >= 1 (1: no time travel)"),
-    ("sampler.tau", lambda v: v is None or _is_number(v) and v >= 0, "null (task.sigma_y) or a finite number >= 0"),
-    ("sampler.clip_denoised", lambda v: v is None or isinstance(v, bool), "null, true or false"),
-    ("task.sigma_y", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
-    ("task.sdedit", *BOOL),
-    ("task.operator.sigma_y", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
-    ("task.operator.kernel", *_one_of(KERNELS)),
-    ("task.operator.kernel_size", lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
-    ("task.operator.std", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
-    ("task.operator.intensity", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    ("task.operator.mask", *_one_of(MASKS)),
-    ("task.operator.box_size", _int_at_least(1), "an integer >= 1 (and <= the image size)"),
-    ("task.operator.random_position", *BOOL),
-    ("task.operator.fraction", lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
-    ("task.operator.fraction_max", lambda v: v is None or _is_number(v) and 0 < v < 1, "null or a number in (0, 1)"),
-    ("task.operator.factor", _int_at_least(1), "an integer >= 1 that divides the image size"),
-    ("task.operator.downsample", *_one_of(DOWNSAMPLERS)),
-    (
-        "runtime.device",
-        lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v) is not None,
-        "auto, cpu, cuda, cuda:N or mps",
-    ),
-    ("runtime.dtype", *_one_of(DTYPES_ALLOWED)),
-    ("runtime.deterministic", *BOOL),
-    ("runtime.compile", *BOOL),
-    ("runtime.channels_last", *BOOL),
-    ("runtime.threads", _int_at_least(0), "an integer >= 0 (0: torch's default)"),
-    ("logger.log_every", _int_at_least(0), "an integer >= 0 (0: off)"),
-    ("logger.preview_images", _int_at_least(1), "an integer >= 1"),
-    ("logger.init_timeout", lambda v: _is_number(v) and v > 0, "a finite number of seconds > 0"),
-    ("metrics.lpips", *BOOL),
-    ("metrics.lpips_required", *BOOL),
-    ("metrics.fid", *BOOL),
-    ("metrics.fid_required", *BOOL),
-    ("metrics.fid_features", *_one_of(FID_FEATURES)),
-    ("metrics.reference", lambda v: v is None or isinstance(v, str) and v != "", "null or a folder path"),
-]
+GROUPS = ("model", "data", "logger", "metrics", "sampler", "task.operator")
+TASK_NOISE = "gaussian"  # the noise model of every task today (task.sigma_y)
 
 
 def _raw(node: DictConfig, key: str) -> Any:
@@ -155,61 +60,67 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _parameters(node: DictConfig, path: str) -> tuple[dict[str, inspect.Parameter], list[str]]:
-    """The settable parameters of a ``_target_`` group's function or class (not those ``run`` passes)."""
+def _scalars(node: DictConfig) -> dict[str, Any]:
+    """A node's resolved values (nested groups left out)."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return {k: v for k, v in values.items() if not isinstance(v, dict)}
+
+
+def _target(node: DictConfig, path: str) -> tuple[Callable[..., Any] | None, list[str]]:
     target = node.get("_target_")
     try:
-        params = inspect.signature(get_object(target)).parameters
+        return get_object(target), []
     except (ImportError, AttributeError, ValueError, TypeError) as err:
-        return {}, [f"{path}._target_={target!r}: cannot be imported ({' '.join(str(err).split())})"]
-    provided = PROVIDED_BY_RUN.get(path, ())
-    return {n: p for n, p in params.items() if n not in provided}, []
+        return None, [f"{path}._target_={target!r}: cannot be imported ({' '.join(str(err).split())})"]
 
 
-def _check_keys(node: DictConfig, path: str, extra: tuple[str, ...] = ()) -> list[str]:
+def _key_problems(node: DictConfig, path: str, target: Callable[..., Any], extra: tuple[str, ...]) -> list[str]:
     """Unknown and missing keys of a ``_target_`` group, from the signature of its function or class."""
-    params, problems = _parameters(node, path)
-    if problems or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return problems
+    params = {n: p for n, p in inspect.signature(target).parameters.items() if n not in PROVIDED_BY_RUN[path]}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return []
     named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     allowed = sorted({*named, *extra})
-    for key in node:
-        if not (key.startswith("_") and key.endswith("_")) and key not in allowed:
-            value = _short(_raw(node, key))
-            problems.append(f"{path}.{key}={value}: unknown key for {node._target_}; allowed: {', '.join(allowed)}")
-    for name in named:
-        if params[name].default is inspect.Parameter.empty and name not in node:
-            problems.append(f"{path}.{name}: missing; {node._target_} needs it")
-    return problems
-
-
-def _check_plain(node: DictConfig, path: str, allowed: tuple[str, ...] | set[str]) -> list[str]:
-    """Unknown keys of a config node without ``_target_``."""
-    return [
-        f"{path}{key}={_short(_raw(node, key))}: unknown key; allowed: {', '.join(sorted(allowed))}"
+    problems = [
+        f"{path}.{key}={_short(_raw(node, key))}: unknown key for {node._target_}; allowed: {', '.join(allowed)}"
         for key in node
-        if key not in allowed
+        if not (key.startswith("_") and key.endswith("_")) and key not in allowed
+    ]
+    return problems + [
+        f"{path}.{name}: missing; {node._target_} needs it"
+        for name in named
+        if params[name].default is inspect.Parameter.empty and name not in node
     ]
 
 
-def _unknown_keys(cfg: DictConfig) -> list[str]:
-    """Keys that nothing reads: a misspelling or ``+group.key=...`` that would otherwise be ignored or fail late."""
-    problems = _check_plain(cfg, "", TOP_LEVEL_KEYS)
-    if isinstance(cfg.get("runtime"), DictConfig):
-        problems += _check_plain(cfg.runtime, "runtime.", RUNTIME_KEYS)
-    for group in ("model", "data", "logger", "metrics"):
-        if isinstance(cfg.get(group), DictConfig) and "_target_" in cfg[group]:
-            problems += _check_keys(cfg[group], group)
-    if isinstance(cfg.get("sampler"), DictConfig):
-        problems += _check_keys(cfg.sampler, "sampler", SAMPLER_META_KEYS)
-    if isinstance(cfg.get("task"), DictConfig):
-        task_keys = set(TASK_KEYS)
-        if isinstance(cfg.task.get("operator"), DictConfig):
-            problems += _check_keys(cfg.task.operator, "task.operator")
-            raw = OmegaConf.to_container(cfg.task.operator, resolve=False).values()
-            task_keys |= {k for v in raw if isinstance(v, str) for k in re.findall(r"\$\{task\.(\w+)\}", v)}
-        problems += _check_plain(cfg.task, "task.", task_keys)
-    return problems
+def _plain_problems(cfg: DictConfig, node: DictConfig, prefix: str, model: type[BaseModel], extra: set[str]) -> list[str]:
+    """Unknown keys and invalid values of a node without ``_target_`` (the run's own settings)."""
+    allowed = set(model.model_fields) | extra
+    problems = [
+        f"{prefix}{key}={_short(_raw(node, key))}: unknown key; allowed: {', '.join(sorted(allowed))}"
+        for key in node
+        if key not in allowed
+    ]
+    values = {k: v for k, v in _scalars(node).items() if k in model.model_fields}
+    return problems + settings_problems(model, values, prefix, key=lambda k: _source_key(cfg, k))
+
+
+def _group_problems(cfg: DictConfig, path: str) -> tuple[list[str], Callable[..., Any] | None]:
+    """Keys and values of one ``_target_`` group, checked against its function's or class's declaration."""
+    node = OmegaConf.select(cfg, path)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return [], None
+    target, problems = _target(node, path)
+    if target is None:
+        return problems, None
+    extra = GRID_KEYS if path == "sampler" else ()
+    problems = _key_problems(node, path, target, extra)
+    values = {k: v for k, v in _scalars(node).items() if not (k.startswith("_") and k.endswith("_"))}
+    model = settings_model(target, PROVIDED_BY_RUN[path])
+    problems += settings_problems(model, values, f"{path}.", key=lambda k: _source_key(cfg, k))
+    if path == "sampler":
+        problems += settings_problems(GridSettings, values, "sampler.")
+    return problems, target
 
 
 def _path_problems(cfg: DictConfig) -> list[str]:
@@ -225,29 +136,93 @@ def _path_problems(cfg: DictConfig) -> list[str]:
     return []
 
 
-def _travel_problems(cfg: DictConfig) -> list[str]:
-    """DDNM's time travel jumps back ``travel_length`` grid steps: fewer than ``num_steps``."""
-    keys = ("travel_length", "travel_repeat", "num_steps")
-    length, repeat, steps = (OmegaConf.select(cfg, f"sampler.{k}") for k in keys)
-    if all(_is_int(v) for v in (length, repeat, steps)) and repeat > 1 and length >= steps:
-        return [
-            f"sampler.travel_length={length} is invalid with sampler.travel_repeat={repeat}: allowed is "
-            f"1..{steps - 1} (fewer than sampler.num_steps={steps})"
-        ]
+def _names(specs: dict[str, SamplerSpec]) -> str:
+    return ", ".join(specs) or "none"
+
+
+def pairing_problems(
+    sampler: str, spec: SamplerSpec, task: str, operator: type | None, *, sdedit: bool, noise: str = TASK_NOISE
+) -> list[str]:
+    """Whether ``sampler`` can solve ``task``: a measurement for a posterior sampler, guidance (or SDEdit) for a
+    task with one, the operator capabilities and the noise model the sampler declares it needs."""
+    specs = available()
+
+    def solves(s: SamplerSpec) -> bool:
+        return s.measurement and s.operator <= operator.capabilities and noise in s.noise
+
+    if operator is None:
+        if spec.measurement:
+            unconditional = {n: s for n, s in specs.items() if not s.measurement}
+            return [f"sampler={sampler} needs a measurement; task={task} supports {_names(unconditional)}"]
+        return []
+    if not spec.measurement:
+        if sdedit:
+            return []
+        return [f"sampler={sampler} cannot solve task={task}: it needs measurement guidance; use a posterior sampler "
+                f"({_names({n: s for n, s in specs.items() if solves(s)})})"]
+    missing = sorted(spec.operator - operator.capabilities)
+    reasons = []
+    if missing:
+        offers = ", ".join(sorted(operator.capabilities)) or "only its forward map"
+        reasons.append(f"an operator with {', '.join(missing)} ({operator.__name__} offers {offers})")
+    if noise not in spec.noise:
+        reasons.append(f"{' or '.join(sorted(spec.noise))} noise (the task has {noise} noise)")
+    if not reasons:
+        return []
+    return [f"sampler={sampler} cannot solve task={task}: it needs {' and '.join(reasons)}; samplers that can: "
+            f"{_names({n: s for n, s in specs.items() if solves(s)})}"]
+
+
+def _device_problems(cfg: DictConfig, spec: SamplerSpec | None) -> list[str]:
+    """The device must exist here; float16 is refused on the CPU (no kernels) and for samplers that backpropagate
+    through the network."""
+    name = OmegaConf.select(cfg, "runtime.device")
+    if not (isinstance(name, str) and DEVICE.fullmatch(name)):
+        return []  # reported by the runtime settings
+    try:
+        device = resolve_device(name)
+    except ConfigError as err:
+        return err.problems
+    if OmegaConf.select(cfg, "runtime.dtype") != "float16":
+        return []
+    if device.type == "cpu":
+        return ["runtime.dtype=float16 on the CPU: about 10x slower than float32 (no float16 CPU kernels); "
+                "allowed on CPU: float32, bfloat16"]
+    if spec is not None and spec.unet_grad:
+        return [f"runtime.dtype=float16 with sampler={cfg.sampler.name}: it backpropagates through the UNet, "
+                "which float16 underflows without loss scaling; allowed: float32, bfloat16"]
     return []
 
 
 def config_problems(cfg: DictConfig) -> list[str]:
-    """Every missing value, unknown key, out-of-range setting and missing input path (empty: all good)."""
+    """Every missing value, unknown key, out-of-range setting, impossible pairing and missing input path."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         return [f"{key}: missing value (???); set it on the command line, e.g. {key}=..." for key in missing]
-    problems = _unknown_keys(cfg)
-    for key, ok, allowed in RULES:
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is not _ABSENT and not ok(value):
-            problems.append(f"{_source_key(cfg, key)}={value!r} is invalid: allowed is {allowed}")
-    return problems + _travel_problems(cfg) + _path_problems(cfg)
+    problems = _plain_problems(cfg, cfg, "", RunSettings, set())
+    if isinstance(cfg.get("runtime"), DictConfig):
+        problems += _plain_problems(cfg, cfg.runtime, "runtime.", RuntimeSettings, set())
+    if isinstance(cfg.get("task"), DictConfig):
+        raw = OmegaConf.to_container(cfg.task, resolve=False).get("operator") or {}
+        interpolated = {k for v in raw.values() if isinstance(v, str) for k in re.findall(r"\$\{task\.(\w+)\}", v)}
+        problems += _plain_problems(cfg, cfg.task, "task.", TaskSettings, interpolated)
+    targets = {}
+    for path in GROUPS:
+        group_problems, targets[path] = _group_problems(cfg, path)
+        problems += group_problems
+    operator_cls = targets["task.operator"]
+    spec = spec_of(targets["sampler"]) if targets["sampler"] is not None else None
+    if targets["sampler"] is not None and spec is None:
+        problems.append(f"sampler._target_={cfg.sampler._target_!r} is not a declared sampler: decorate it with "
+                        "@diffexp.samplers.registry.sampler(...)")
+    if spec is not None:
+        if spec.check is not None:
+            problems += spec.check(_scalars(cfg.sampler))
+        has_operator = OmegaConf.select(cfg, "task.operator") is not None
+        if operator_cls is not None or not has_operator:
+            problems += pairing_problems(str(cfg.sampler.get("name")), spec, str(cfg.task.get("name")), operator_cls,
+                                         sdedit=cfg.task.get("sdedit", False) is True)
+    return list(dict.fromkeys(problems + _device_problems(cfg, spec) + _path_problems(cfg)))  # sigma_y: twice
 
 
 def validate(cfg: DictConfig) -> None:
@@ -275,33 +250,25 @@ def peek_num_train_timesteps(model_cfg: DictConfig) -> int | None:
     return None
 
 
-def model_problems(cfg: DictConfig, model: Any) -> list[str]:
-    """Checks that need the loaded model: 1 <= num_steps <= T, t_start < T, operator sizes vs the image."""
-    T, size = model.num_train_timesteps, model.sample_size
+def grid_problems(sampler: DictConfig, T: int) -> list[str]:
+    """The time grid against the model's T: 1 <= num_steps <= T, t_start < T."""
     problems = []
-    unet_size = model.unet.config.sample_size
-    if isinstance(unet_size, (tuple, list)) and len(set(unet_size)) != 1:
-        problems.append(f"model: sample_size={list(unet_size)} is not square; diffexp supports square images only")
-    if _is_int(cfg.sampler.num_steps) and cfg.sampler.num_steps > T:
-        problems.append(f"sampler.num_steps={cfg.sampler.num_steps} is invalid: allowed is 1..{T} (the model's T)")
-    t_start = cfg.sampler.get("t_start")
-    if _is_int(t_start) and t_start >= T:
+    steps, t_start = sampler.get("num_steps"), sampler.get("t_start")
+    if isinstance(steps, int) and not isinstance(steps, bool) and steps > T:
+        problems.append(f"sampler.num_steps={steps} is invalid: allowed is 1..{T} (the model's T)")
+    if isinstance(t_start, int) and not isinstance(t_start, bool) and t_start >= T:
         problems.append(f"sampler.t_start={t_start} is invalid: allowed is null or 0..{T - 1} (the model's T - 1)")
-    op = cfg.task.get("operator")
-    if op is not None:
-        if _is_int(op.get("kernel_size")) and op.kernel_size // 2 >= size:
-            problems.append(
-                f"task.operator.kernel_size={op.kernel_size} is invalid: allowed is an odd integer <= {2 * size - 1} "
-                f"for {size}x{size} images (reflect padding)"
-            )
-        if op.get("mask") == "box" and _is_int(op.get("box_size")) and op.box_size > size:
-            problems.append(
-                f"task.operator.box_size={op.box_size} is invalid: allowed is 1..{size} for {size}x{size} images"
-            )
-        if _is_int(op.get("factor")) and op.factor >= 1 and size % op.factor:
-            problems.append(
-                f"task.operator.factor={op.factor} is invalid: allowed is a divisor of the image size {size}"
-            )
+    return problems
+
+
+def model_problems(cfg: DictConfig, model: Any) -> list[str]:
+    """Checks that need the loaded model: its own (``model.problems()``), the grid against its T, and the
+    operator's checks against its image shape (``Operator.check``)."""
+    problems = model.problems() + grid_problems(cfg.sampler, model.num_train_timesteps)
+    operator = cfg.task.get("operator")
+    if operator is not None:
+        cls = get_object(operator._target_)
+        problems += cls.check(model.image_shape, _scalars(operator))
     return problems
 
 

@@ -17,11 +17,15 @@ from omegaconf import OmegaConf
 
 from benchmarks import defaults_table, gpu, sides
 from benchmarks import run as bench
-from benchmarks.common import generators, initial_noise
+from benchmarks import posterior_bias
+from benchmarks.common import posterior_samplers, settings_from
 from benchmarks.suites import SUITES
 from diffexp.models.diffusion import tiny_model
+from diffexp.models.schedule import respaced_timesteps
 from diffexp.operators.blur import Blur
 from diffexp.samplers.dps import dps
+from diffexp.samplers.registry import available, spec_of
+from diffexp.solve import Problem
 
 TINY = [
     "--quick", "--model", "tiny", "--data", "synthetic", "--threads", "1", "--repeats", "1",
@@ -72,6 +76,8 @@ def test_comparisons_report_ratios(results: Path) -> None:
     assert {(r["sampler"], r["batch"]) for r in scaling["rows"]} == expected
     memory = json.loads((results / "memory.json").read_text())
     assert [r["sampler"] for r in memory["rows"]] == ["ddpm", "dps"]
+    fast = json.loads((results / "fast.json").read_text())  # every posterior sampler of the registry, and DPS
+    assert {r["sampler"] for r in fast["rows"]} - {"deepinv-diffpir"} == set(posterior_samplers())
 
 
 def test_quality_table_and_plot(results: Path) -> None:
@@ -112,17 +118,47 @@ def test_gpu_script_smoke(tmp_path: Path) -> None:
 
 
 def test_official_dps_loop_equals_diffexp_dps_at_batch_1() -> None:
-    """The re-implemented official loop is the same algorithm as ``sampler=dps``: fed the same noise,
-    the two agree to float rounding (so the DPS timing compares implementations, not algorithms)."""
+    """The re-implemented official loop is the same algorithm as ``sampler=dps``: fed the same y, x_T and noise
+    (``peer_inputs``, the draws ``solve_batch`` makes), the two agree to float rounding (so the DPS timing compares
+    implementations, not algorithms)."""
     model = tiny_model(sample_size=8)
-    gens = generators(0, [0], torch.device("cpu"))
-    operator = Blur((3, 8, 8), gens, sigma_y=0.05, kernel_size=3)
-    y = operator.measure(torch.rand(1, 3, 8, 8) * 2 - 1, gens)
-    ours = sides.diffexp_sample(model, functools.partial(dps, step_size=0.5), 0, [0], 6, y, operator)
-    g = generators(0, [0], torch.device("cpu"))[0]
-    x = initial_noise([g], model.image_shape, torch.device("cpu"))
-    official = sides.official_dps(model, operator, y, x, g, 0.5, 6)
+    sample = functools.partial(dps, step_size=0.5)
+    operator_factory = functools.partial(Blur, sigma_y=0.05, kernel_size=3)
+    problem = Problem(sample, spec_of(sample), respaced_timesteps(model.num_train_timesteps, 6), operator_factory,
+                      sdedit=False)
+    truth = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    solved = sides.diffexp_solve(model, problem, 0, [0], 6, truth)
+    operator, y, x, gens = sides.peer_inputs(model, problem, 0, [0], truth)
+    ours = sides.solved_for(solved, y)  # solve_batch measured the very y the peer gets
+    official = sides.official_dps(model, operator, y, x, gens[0], 0.5, 6)
     torch.testing.assert_close(official, ours, atol=1e-5, rtol=0)
+
+
+def test_solved_for_refuses_another_measurement() -> None:
+    model = tiny_model(sample_size=8)
+    sample = functools.partial(dps, step_size=0.5)
+    problem = Problem(sample, spec_of(sample), respaced_timesteps(model.num_train_timesteps, 2),
+                      functools.partial(Blur, sigma_y=0.05, kernel_size=3), sdedit=False)
+    truth = torch.zeros(1, 3, 8, 8)
+    solved = sides.diffexp_solve(model, problem, 0, [0], 2, truth)
+    _, y, _, _ = sides.peer_inputs(model, problem, 1, [0], truth)  # another seed: another noise draw
+    with pytest.raises(RuntimeError, match="not the same y"):
+        sides.solved_for(solved, y)
+
+
+def test_benchmark_sampler_lists_come_from_the_registry() -> None:
+    """The fast-sampler benchmark and the posterior-bias table run every posterior sampler of conf/sampler/."""
+    posterior = {name for name, spec in available().items() if spec.measurement}
+    assert set(posterior_samplers()) == posterior and "ddpm" not in posterior
+    assert set(settings_from({}, quick=False).fast_samplers) == posterior - {"dps"}
+    assert set(posterior_bias.SAMPLERS) == posterior
+
+
+def test_posterior_bias_refuses_a_sampler_without_its_num_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(posterior_bias, "STEPS", {k: v for k, v in posterior_bias.STEPS.items() if k != "dps"})
+    monkeypatch.setattr("sys.argv", ["posterior_bias", "--only", "dps"])
+    with pytest.raises(ValueError, match="dps have no num_steps"):
+        posterior_bias.main()
 
 
 @pytest.mark.parametrize(
@@ -138,8 +174,8 @@ def test_official_dps_loop_equals_diffexp_dps_at_batch_1() -> None:
 def test_defaults_table_reports_the_resolved_per_task_step_size(
     tmp_path: Path, sampler: str, task: str, expected: str, nfe: int
 ) -> None:
-    """``make table``'s rows name the step size the job really used: the task's default, resolved from the
-    saved ``.hydra/config.yaml`` (where it is the ``${oc.select:task.step_size...}`` interpolation)."""
+    """``make table``'s rows name the step size the job really used: the task's default, read from the saved
+    ``.hydra/config.yaml`` (whose ``sampler`` node holds the values of ``conf/tuned/<task>_<sampler>.yaml``)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"task={task}", f"sampler={sampler}"])
     job = tmp_path / "0"

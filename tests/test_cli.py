@@ -83,7 +83,7 @@ def test_generate_with_other_samplers(tmp_path: Path, sampler: str) -> None:
         check_contract(tmp_path, "generate", "ddim")
     else:
         assert result.returncode != 0
-        assert "sampler=dps needs a measurement; task=generate supports ddpm, ddim" in result.stderr
+        assert "sampler=dps needs a measurement; task=generate supports ddim, ddpm" in result.stderr
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--cfg", "job"], ["-sc", "query=bash"]])

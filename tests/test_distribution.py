@@ -30,6 +30,7 @@ from diffexp.evaluation.fid import (
     kernel_distance,
     load_images,
     mean_cov,
+    mmd2,
 )
 from diffexp.experiment import run
 from conftest import make_cfg
@@ -99,7 +100,21 @@ def test_fid_and_kid_agree_with_torchmetrics(real: torch.Tensor, features: Mnist
     ours = frechet_distance(*mean_cov(f_fake), *mean_cov(f_real))
     assert ours == pytest.approx(float(tm_fid.compute()), rel=1e-4)
     kid_mean, _ = tm_kid.compute()  # full sets: every subset is the whole set, so no randomness
-    assert kernel_distance(f_fake, f_real)["mean"] == pytest.approx(float(kid_mean), rel=1e-4)
+    assert float(mmd2(f_fake, f_real)) == pytest.approx(float(kid_mean), rel=1e-4)
+
+
+def test_kid_is_na_when_every_subset_is_the_whole_set() -> None:
+    """Sets of equal size up to the subset size: identical subsets, so KID is null with its reason (never a std
+    of 0 by construction); a larger set on either side gives subsets that differ, and a spread."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 16, generator=g, dtype=torch.float64), torch.randn(40, 16, generator=g, dtype=torch.float64)
+    same = kernel_distance(a, b[:8])
+    assert same["mean"] is None and same["std"] is None and same["subset_size"] == 8
+    assert "8 vs 8 images" in same["reason"] and "more than 1000 images" in same["reason"]
+    assert kernel_distance(a[:5], b[:5], subset_size=4)["std"] > 0  # both sets larger than the subset
+    for x, y in ((a, b), (b, a)):
+        kid = kernel_distance(x, y)
+        assert kid["subset_size"] == 8 and kid["std"] > 0 and "reason" not in kid
 
 
 def test_real_vs_itself_is_zero(real: torch.Tensor, features: MnistFeatures) -> None:
@@ -130,7 +145,7 @@ def test_kid_is_unbiased_on_disjoint_real_subsets(reference: ReferenceStats, rea
     """KID over 10 disjoint pairs of 50 real test features averages ≈ 0; the biased (V-statistic) MMD does not."""
     f = reference.kid_features.double()
     pairs = [(f[100 * k : 100 * k + 50], f[100 * k + 50 : 100 * k + 100]) for k in range(10)]
-    values = np.array([kernel_distance(a, b, subsets=1)["mean"] for a, b in pairs])
+    values = np.array([float(mmd2(a, b)) for a, b in pairs])
     standard_error = values.std(ddof=1) / np.sqrt(len(values))
     assert abs(values.mean()) < 3 * standard_error
 
@@ -139,7 +154,7 @@ def test_kid_is_unbiased_on_disjoint_real_subsets(reference: ReferenceStats, rea
         return float(k(a, a).mean() + k(b, b).mean() - 2 * k(a, b).mean())
 
     assert np.mean([biased(a, b) for a, b in pairs]) > 5 * standard_error
-    blurred = kernel_distance(extract(features, _blurred(real[:50])), f[:50], subsets=1)["mean"]
+    blurred = float(mmd2(extract(features, _blurred(real[:50])), f[:50]))
     assert blurred > 10 * abs(values.mean())
 
 
@@ -201,6 +216,8 @@ def test_inverse_run_resume_recomputes_over_all_images(tmp_path: Path) -> None:
     assert resumed == whole
     assert whole["num_images"] == 4 and whole["reference"] == "ground truths (4 images)"
     assert {"fid", "kid", "baseline_fid", "baseline_kid", "accuracy", "baseline_accuracy"} <= set(whole)
+    for kid in (whole["kid"], whole["baseline_kid"]):  # 4 outputs against their 4 truths: KID is n/a, with why
+        assert kid["mean"] is None and kid["std"] is None and kid["reason"].startswith("4 vs 4 images")
 
 
 def test_fid_false_and_contradiction(tmp_path: Path) -> None:
@@ -319,3 +336,18 @@ def test_console_summary_shows_fid_kid_and_accuracy_next_to_the_baseline(tmp_pat
     lines = [" ".join(line.split()) for line in summary_lines(result, tmp_path)]
     assert "fid 6.16 658.50" in lines and "kid 1.500 ± 0.250 33.800 ± 2.000" in lines
     assert "accuracy 1.000 0.625" in lines and any("on 8 images, mnist features" in line for line in lines)
+    assert not any("kid n/a" in line for line in lines)
+
+
+def test_console_summary_shows_kid_na_with_its_reason(tmp_path: Path) -> None:
+    from diffexp.tracking.console import summary_lines
+
+    g = torch.Generator().manual_seed(0)
+    outputs, truths = (torch.randn(8, 16, generator=g, dtype=torch.float64) for _ in range(2))
+    kid = kernel_distance(outputs, truths)
+    result = {"status": "ok", "num_images": 8, "num_finished": 8, "nfe": 200, "seconds_per_image": 1.0,
+              "distribution": {"features": "mnist", "num_images": 8, "fid": 6.16, "baseline_fid": 658.5, "kid": kid,
+                               "baseline_kid": kernel_distance(truths, outputs)}}
+    lines = [" ".join(line.split()) for line in summary_lines(result, tmp_path)]
+    assert "kid n/a n/a" in lines and not any("±" in line for line in lines)
+    assert [line for line in lines if line.startswith("kid n/a:")] == [f"kid n/a: {kid['reason']}"]

@@ -6,6 +6,7 @@ import torch
 from diffusers import DDPMScheduler
 from torch.distributions import MultivariateNormal
 
+from diffexp.models.diffusion import DiffusionModel
 from diffexp.models.gaussian import dense_matrix, gaussian_oracle, posterior
 from diffexp.operators.inpaint import Inpaint
 from diffexp.operators.super_resolution import SuperResolution
@@ -60,7 +61,10 @@ def test_oracle_has_the_model_interface_of_the_samplers() -> None:
     torch.testing.assert_close(oracle.alphas_cumprod, reference.double())
     assert (oracle.image_shape, oracle.channels, oracle.sample_size, oracle.num_train_timesteps) == (SHAPE, 1, 8, 1000)
     assert (oracle.variance_type, oracle.prediction_type, oracle.clip_sample) == ("fixed_small", "epsilon", False)
-    assert oracle.unet.config.sample_size == 8 and torch.equal(oracle.unet.s2, torch.full(SHAPE, 0.5).double())
+    assert not hasattr(oracle.unet, "config")  # the shape is the oracle's own, no fake diffusers config
+    assert torch.equal(oracle.unet.s2, torch.full(SHAPE, 0.5).double())
+    with pytest.raises(ValueError, match="GaussianNoisePredictor has no diffusers config: pass image_shape"):
+        DiffusionModel(oracle.unet, DDPMScheduler())
     with pytest.raises(ValueError, match="s2 must be positive"):
         gaussian_oracle(torch.zeros(SHAPE), 0.0)
 

@@ -69,7 +69,7 @@ def test_safe_norm_equals_the_norm_and_its_gradient_away_from_zero() -> None:
 
 
 def test_dps_declares_that_it_backpropagates_through_the_unet() -> None:
-    assert dps.guided and dps.needs_unet_grad
+    assert dps.spec.measurement and dps.spec.unet_grad and dps.spec.operator == frozenset()
 
 
 @pytest.mark.parametrize("sampler", [dps, scoreald])

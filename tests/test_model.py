@@ -9,12 +9,13 @@ import huggingface_hub
 import pytest
 import torch
 from conftest import CONF, cli
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from huggingface_hub.errors import LocalEntryNotFoundError
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import diffexp.models.diffusion
+from diffexp.errors import ConfigError
 from diffexp.models.diffusion import DiffusionModel, load_pretrained, tiny_unet
 
 # Architectures of the hub checkpoints (diffusers configs of the google/ddpm-* repositories).
@@ -75,6 +76,25 @@ def test_load_local_folder_in_both_layouts(tmp_path: Path, layout: str) -> None:
     x = torch.randn(1, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model.eps(x, 10), unet(x, torch.tensor([10])).sample)
+
+
+def test_image_shape_must_agree_with_the_unet_config() -> None:
+    assert DiffusionModel(tiny_unet(8, 1), DDPMScheduler(), image_shape=(1, 8, 8)).image_shape == (1, 8, 8)
+    with pytest.raises(ValueError, match=r"image_shape=\(3, 8, 8\) disagrees with the UNet config's \(1, 8, 8\)"):
+        DiffusionModel(tiny_unet(8, 1), DDPMScheduler(), image_shape=(3, 8, 8))
+
+
+@pytest.mark.parametrize("flag", ["thresholding", "rescale_betas_zero_snr"])
+def test_scheduler_options_diffexp_does_not_implement_are_refused(flag: str) -> None:
+    with pytest.raises(ValueError, match=f"scheduler {flag}=True is not supported"):
+        DiffusionModel(tiny_unet(8, 1), DDPMScheduler(**{flag: True}))
+
+
+def test_folder_with_another_scheduler_class_is_not_read_as_a_ddpm(tmp_path: Path) -> None:
+    tiny_unet(8, 1).save_pretrained(tmp_path)
+    DDIMScheduler().save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="_class_name='DDIMScheduler'; allowed: 'DDPMScheduler'"):
+        load_pretrained(str(tmp_path))
 
 
 def test_folder_without_weights_names_the_folder(tmp_path: Path) -> None:

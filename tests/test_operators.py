@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy.ndimage import gaussian_filter
 
-from diffexp.experiment import image_generator
+from diffexp.rng import image_generator
 from diffexp.models.gaussian import dense_matrix
 from diffexp.operators.base import LinearOperator
 from diffexp.operators.blur import Blur, gaussian_kernel
@@ -354,7 +354,8 @@ def test_random_box_stays_within_the_dps_margin(n: int, size: int, margin, lo: i
 
 
 def test_random_box_without_room_is_refused() -> None:
-    with pytest.raises(ValueError, match="box_size=24 with margin=None"):
+    message = r"box_size=24 is invalid: allowed is 1\.\.23 for 28x28 images with random_position and margin=null \(2 px\)"
+    with pytest.raises(ValueError, match=message):
         masks(1, mask="box", box_size=24, random_position=True)
 
 

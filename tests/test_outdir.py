@@ -15,11 +15,12 @@ import torch
 from conftest import make_cfg
 
 import diffexp
+import diffexp.validate
 import diffexp.experiment
 import diffexp.models.diffusion
 from diffexp.errors import ConfigError
 from diffexp.rundir.claim import claim
-from diffexp.samplers.base import SamplingDivergedError
+from diffexp.errors import SamplingDivergedError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["model=tiny", "data=synthetic", "logger=none", "metrics.lpips=false", "sampler.num_steps=2"]
@@ -118,7 +119,7 @@ def test_resume_regenerates_a_deleted_png(tmp_path: Path, sampled: list[int], su
     ("override", "named"),
     [
         ("sampler.step_size=3.0", r"sampler\.step_size: 5\.0 → 3\.0"),
-        ("seed=1", r"seed: 0\.0 → 1\.0"),
+        ("seed=1", r"seed: 0 → 1"),
         ("task.sigma_y=0.1", r"task\.sigma_y: 0\.05 → 0\.1"),
         ("sampler=scoreald", r"sampler: 'dps' → 'scoreald'"),
     ],
@@ -128,6 +129,20 @@ def test_resume_refusal_names_the_setting(tmp_path: Path, override: str, named: 
     with pytest.raises(ConfigError, match="was written with other settings") as info:
         diffexp.run(make_cfg([*TINY, "num_images=2", "resume=true", override], tmp_path))
     assert any(re.fullmatch(named, p) for p in info.value.problems), info.value.problems
+
+
+def test_settings_keep_their_types_and_hash_numbers_alike(tmp_path: Path) -> None:
+    """metrics.json records integers as integers (``seed: 0``, not ``0.0``); ``step_size=5`` and ``5.0`` are the
+    same setting (same hash, so a resume accepts either)."""
+    from diffexp.rundir.recorder import settings_hash
+
+    values = diffexp.run(make_cfg([*TINY, "num_images=1", "sampler.step_size=5.0"], tmp_path))["settings_values"]
+    stored = load(tmp_path)["settings_values"]
+    assert stored == values and stored["seed"] == 0 and stored["sampler.num_steps"] == 2
+    assert type(stored["seed"]) is int and type(stored["sampler.num_steps"]) is int  # noqa: E721
+    assert type(stored["sampler.step_size"]) is float  # noqa: E721
+    same = [settings_hash(make_cfg([*TINY, f"sampler.step_size={v}"], tmp_path)) for v in ("5", "5.0", "3")]
+    assert same[0] == same[1] != same[2]
 
 
 # ---------------------------------------------------------------- divergence without NaN
@@ -194,14 +209,14 @@ def test_float16_refused_on_cpu(tmp_path: Path) -> None:
         diffexp.run(make_cfg([*TINY, "runtime.dtype=float16"], tmp_path))
 
 
-def test_float16_refused_for_backprop_through_the_unet() -> None:
-    cfg = make_cfg(TINY, Path("unused"))
-    sample, _, _ = diffexp.experiment.sampler_parts(cfg.sampler)
-    cfg.runtime.dtype = "float16"
-    problems = diffexp.experiment._dtype_problems(cfg, torch.device("cuda"), sample)
+def test_float16_refused_for_backprop_through_the_unet(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an accelerator, float16 is refused for a sampler declaring ``unet_grad`` (DPS), not for bfloat16."""
+    monkeypatch.setattr(diffexp.validate, "resolve_device", lambda name: torch.device("cuda"))
+    cfg = make_cfg([*TINY, "runtime.dtype=float16"], Path("unused"))
+    problems = diffexp.validate.config_problems(cfg)
     assert problems and "sampler=dps: it backpropagates through the UNet" in problems[0]
     cfg.runtime.dtype = "bfloat16"
-    assert diffexp.experiment._dtype_problems(cfg, torch.device("cuda"), sample) == []
+    assert diffexp.validate.config_problems(cfg) == []
 
 
 # ---------------------------------------------------------------- the right cause

@@ -25,7 +25,7 @@ import diffexp
 import diffexp.samplers.dps
 from diffexp.tracking.none import NoLogger
 from diffexp.rundir.recorder import Recorder
-from diffexp.samplers.base import SamplingDivergedError
+from diffexp.errors import SamplingDivergedError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["model=tiny", "data=synthetic", "logger=none", "metrics.lpips=false"]

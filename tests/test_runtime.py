@@ -13,12 +13,13 @@ from conftest import make_cfg
 from PIL import Image
 
 import diffexp
-from diffexp.experiment import resolve_device
+from diffexp.runtime import resolve_device
 from diffexp.models.diffusion import tiny_model
 from diffexp.operators.blur import Blur
 from diffexp.rundir.recorder import image_name
 from diffexp.samplers import base
-from diffexp.samplers.base import FiniteCheck, SamplingDivergedError
+from diffexp.errors import SamplingDivergedError
+from diffexp.samplers.base import FiniteCheck
 from diffexp.samplers.ddim import ddim
 from diffexp.samplers.ddpm import ddpm
 from diffexp.samplers.dps import dps

@@ -20,7 +20,7 @@ from diffexp.operators.blur import Blur
 from diffexp.operators.identity import Identity
 from diffexp.operators.inpaint import Inpaint
 from diffexp.operators.super_resolution import SuperResolution
-from diffexp.samplers.base import per_image_noise
+from diffexp.rng import per_image_noise
 from diffexp.samplers.daps import daps, gaussian_x0_draw, langevin_x0
 from diffexp.samplers.ddnm import ddnm, travel_schedule
 from diffexp.samplers.diffpir import diffpir
@@ -270,10 +270,11 @@ def test_every_new_sampler_needs_a_measurement(sampler) -> None:
         sampler(None, torch.zeros(1, *SHAPE), timesteps=torch.tensor([5]), generators=_gens(1))
 
 
-def test_attributes_tell_run_what_each_sampler_needs() -> None:
-    assert all(s.guided for s in NEW)
-    assert pigdm.needs_unet_grad
-    assert not any(getattr(s, "needs_unet_grad", False) for s in (scoreald, ddnm, diffpir, daps, reddiff))
+def test_declarations_tell_run_what_each_sampler_needs() -> None:
+    assert all(s.spec.measurement and s.spec.noise == {"gaussian"} for s in NEW)
+    assert pigdm.spec.unet_grad
+    assert not any(s.spec.unet_grad for s in (scoreald, ddnm, diffpir, daps, reddiff))
+    assert diffpir.spec.operator == {"linear", "pinv", "prox"} and ddnm.spec.operator >= {"pinv", "solve_aat"}
 
 
 @pytest.mark.parametrize("name", ["scoreald", "pigdm", "ddnm", "diffpir", "daps", "reddiff"])
@@ -372,7 +373,7 @@ def test_ddnm_network_calls_count_every_unet_call(num_steps: int, length: int, r
     op = Identity(SHAPE, _gens(1), 0.1)
     ddnm(model, torch.zeros(1, *SHAPE), timesteps=grid, generators=_gens(1), y=torch.zeros(1, *SHAPE), operator=op,
          travel_length=length, travel_repeat=repeat)
-    assert ddnm.network_calls(grid, travel_length=length, travel_repeat=repeat, eta=1.0) == len(made) == calls
+    assert ddnm.spec.network_calls(grid, travel_length=length, travel_repeat=repeat, eta=1.0) == len(made) == calls
 
 
 def test_time_travel_run_logs_monotone_steps_and_counts_its_network_calls(

@@ -54,7 +54,7 @@ def sdedit_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     real = getattr(module, name)
     calls: list[dict[str, Any]] = []
 
-    @functools.wraps(real)  # keeps the function attributes (guided) that run() reads
+    @functools.wraps(real)  # keeps the declaration (``spec``) that run() reads
     def recording(model: Any, x: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         calls.append({"x": x.clone(), "y": kwargs["y"].clone(), "timesteps": kwargs["timesteps"].clone()})
         return real(model, x, **kwargs)

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import diffexp
-from diffexp.experiment import image_generator
+from diffexp.rng import image_generator
 
 RUN = ["model=tiny", "data=synthetic", "logger=none", "metrics.lpips=false", "sampler.num_steps=3", "num_images=2",
        "batch_size=2", "task=inpaint", "task.mask=random", "sampler.step_size=0.5"]

@@ -250,9 +250,32 @@ SHIPPED = [  # every option of every group (the checks of one group do not depen
 ]
 
 
+def _paired(overrides: list[str]) -> list[str]:
+    """An unconditional sampler with task=generate, and task=generate with ddpm (the defaults pair dps with
+    deblur): the sampler × task pairing is itself checked (``test_impossible_pairings_are_refused``)."""
+    if overrides in (["sampler=ddpm"], ["sampler=ddim"]):
+        return [*overrides, "task=generate"]
+    return [*overrides, "sampler=ddpm"] if overrides == ["task=generate"] else overrides
+
+
 @pytest.mark.parametrize("overrides", SHIPPED, ids=[" ".join(o) for o in SHIPPED])
 def test_shipped_configs_pass(overrides: list[str], tmp_path: Path) -> None:
-    validate(make_cfg(overrides, tmp_path))
+    validate(make_cfg(_paired(overrides), tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sampler=ddim"], "sampler=ddim cannot solve task=deblur: it needs measurement guidance; use a posterior "
+                           "sampler (daps, ddnm, diffpir, dps, pigdm, reddiff, scoreald)"),
+        (["task=generate"], "sampler=dps needs a measurement; task=generate supports ddim, ddpm"),
+    ],
+)
+def test_impossible_pairings_are_refused(overrides: list[str], message: str, tmp_path: Path) -> None:
+    """Before the model is loaded, with the samplers that can (from the declarations of conf/sampler/)."""
+    with pytest.raises(ConfigError) as info:
+        validate(make_cfg(overrides, tmp_path))
+    assert info.value.problems == [message]
 
 
 CLI_CASES = [  # one process each: a value rule, an unknown key, a file error

@@ -187,15 +187,18 @@ def test_multirun_over_seeds_names_runs_fully_and_reports_configurations(tmp_pat
 
 
 def test_report_logs_native_charts_of_metric_vs_swept_key(tmp_path: Path) -> None:
-    from diffexp.tracking.wandb import log_report
-    from diffexp.tracking.report import write_report
+    """Through ``python -m diffexp.tracking.wandb`` (what a sweep with a failed job runs at exit): it writes the
+    report files and logs them (``log_report``) as a run of their own."""
+    from diffexp.tracking.wandb import main
     from test_sweeps import fake_job
 
     sweep = tmp_path / "grid"
     for num, (step, seed, psnr) in enumerate([(0.1, 0, 20.0), (0.1, 1, 22.0), (1.0, 0, 25.0), (1.0, 1, 27.0)]):
         fake_job(sweep, num, [f"sampler.step_size={step}", f"seed={seed}"], psnr)
-    log_report(write_report(sweep), project="p", entity=None, group=None, mode="offline", init_timeout=5)
+    main([str(sweep), "--project", "p", "--mode", "offline", "--init-timeout", "5"])
+    assert (sweep / "summary.md").is_file() and (sweep / "summary.csv").is_file()
     run_dir = offline_run(sweep)
+    assert inspect(run_dir, summary=True)["project"] == "p"
     summary = inspect(run_dir, summary=True)["summary"]
     assert summary["best/sampler.step_size"] == 1.0 and summary["best/psnr/mean"] == pytest.approx(26.0)
     chart = summary["charts/psnr_vs_sampler_step_size_table"]
@@ -205,6 +208,28 @@ def test_report_logs_native_charts_of_metric_vs_swept_key(tmp_path: Path) -> Non
     assert table["data"] == [[0.1, pytest.approx(21.0)], [1.0, pytest.approx(26.0)]]  # numbers, seeds pooled
     assert any("psnr_vs_sampler_step_size" in json.dumps(r) for r in inspect(run_dir, summary=False)
                if r["type"] == "config")  # the custom chart's panel spec (wandb.plot.line)
+
+
+def test_training_tracker_records_metrics_images_and_summary_and_hints_the_upload(tmp_path: Path) -> None:
+    """``WandbRun``, what ``diffexp.training.ddpm`` logs through: history at a step, final summary, the id
+    kept for resume, and the console hint of an offline run (none when disabled)."""
+    from diffexp.tracking.wandb import WandbRun
+
+    tracker = WandbRun(tmp_path, resume=False, mode="offline", project="p", job_type="train", config={"lr": 1e-3})
+    tracker.log_metrics({"loss": 0.25, "lr": 1e-3}, step=50)
+    tracker.log_images({"samples": Image.new("L", (8, 8), color=200)}, step=50)
+    tracker.log_summary({"final_loss": 0.2})
+    tracker.finish(0)
+    run_dir = offline_run(tmp_path)
+    assert tracker.console_hint() == f"W&B offline; upload with: wandb sync {run_dir}"
+    info = inspect(run_dir, summary=True)
+    assert info["run_id"] == (tmp_path / ".wandb_run_id").read_text().strip() and info["config"] == {"lr": 1e-3}
+    summary = info["summary"]
+    assert summary["loss"] == 0.25 and summary["final_loss"] == 0.2 and summary["_step"] == 50
+    assert pixels(run_dir / "files" / summary["samples"]["path"]).max() == 200
+    disabled = WandbRun(tmp_path / "off", resume=False, mode="disabled", project="p")
+    disabled.finish(0)
+    assert disabled.console_hint() is None
 
 
 @pytest.fixture
@@ -262,7 +287,7 @@ def test_unreachable_host_falls_back_to_offline_at_once(
 
 
 def test_dns_failure_is_reported_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    from diffexp.loggers import wandb as module
+    from diffexp.tracking import wandb as module
 
     def no_dns(address: tuple[str, int], timeout: float) -> None:
         raise socket.gaierror(-3, "Temporary failure in name resolution")

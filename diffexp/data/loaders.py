@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from diffexp.data.ranges import from_unit
+from diffexp.settings import NonNegativeInt
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 OTHER_IMAGE_SUFFIXES = (".bmp", ".gif", ".tif", ".tiff", ".webp", ".avif", ".heic", ".jfif", ".ppm", ".pgm", ".tga")
@@ -64,7 +65,7 @@ def _load_image(path: Path, channels: int, size: int) -> Tensor:
     return from_unit(arr)
 
 
-def folder(path: str, *, channels: int, size: int, num_images: int, offset: int = 0) -> Tensor:
+def folder(path: str, *, channels: int, size: int, num_images: int, offset: NonNegativeInt = 0) -> Tensor:
     """``data=folder``: the PNG/JPEG files of ``path`` sorted by name, converted to ``channels``
     (RGB↔gray; 16-bit PNGs by their high byte), centre-cropped and resized to ``size`` (bicubic);
     ``num_images`` of them after skipping ``offset``."""
@@ -90,7 +91,7 @@ def folder(path: str, *, channels: int, size: int, num_images: int, offset: int 
     return torch.stack([_load_image(f, channels, size) for f in files[offset : offset + num_images]])
 
 
-def mnist_eval(*, channels: int, size: int, num_images: int, offset: int = 0) -> Tensor:
+def mnist_eval(*, channels: int, size: int, num_images: int, offset: NonNegativeInt = 0) -> Tensor:
     """``data=mnist_eval``: the 64 bundled MNIST test digits (see ``diffexp/assets/mnist_eval/README.md``);
     ``offset`` skips the first ones (e.g. ``data.offset=8``: digits never used to tune the defaults)."""
     return folder(str(ASSETS / "mnist_eval"), channels=channels, size=size, num_images=num_images, offset=offset)

@@ -5,7 +5,8 @@
 - KID (Bińkowski et al. 2018, "Demystifying MMD GANs"): the unbiased MMD² estimate with the kernel
   k(x, y) = (xᵀy / d + 1)³, mean and std over random subsets (as torchmetrics' KernelInceptionDistance);
   the subset size adapts to small sets (min of 1000 and both set sizes); the subsets come from a seeded
-  generator, so the same images give the same value.
+  generator, so the same images give the same value. Two sets of the same size up to 1000 images (an inverse
+  task's outputs against its ground truths) would give identical subsets: KID is then n/a, with its reason.
 
 Features (``metrics.fid_features``): ``mnist`` — the 128-d penultimate layer of the shipped MNIST
 classifier (``diffexp/weights/mnist_classifier``); ``inception`` — torchmetrics' InceptionV3 (torch-fidelity's
@@ -188,24 +189,36 @@ def frechet_distance(mu1: Tensor, cov1: Tensor, mu2: Tensor, cov2: Tensor) -> fl
     return float((mu1 - mu2).square().sum() + cov1.trace() + cov2.trace() - 2 * trace_sqrt)
 
 
+def mmd2(x: Tensor, y: Tensor) -> Tensor:
+    """The unbiased MMD² estimate between the rows of ``x`` and ``y`` (m each) with the polynomial kernel
+    k(x, y) = (xᵀy/d + 1)³ (Bińkowski et al. 2018, eq. 2 and 4), in float64."""
+    m, gamma = len(x), 1.0 / x.shape[1]
+    k_xx, k_yy, k_xy = ((p @ q.T * gamma + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
+    within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+    return within - 2 * k_xy.mean()
+
+
 def kernel_distance(
     a: Tensor, b: Tensor, *, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE, seed: int = 0
-) -> dict[str, float | int]:
-    """KID: unbiased MMD² with k(x, y) = (xᵀy/d + 1)³ over ``subsets`` random subsets of
-    m = min(subset_size, len(a), len(b)) rows of each set; {mean, std, subset_size, subsets}."""
+) -> dict[str, Any]:
+    """KID: ``mmd2`` over ``subsets`` random subsets of m = min(subset_size, len(a), len(b)) rows of each set;
+    {mean, std, subset_size, subsets}. When both sets have m rows every subset is the whole of both sets, and
+    the spread over subsets is 0 by construction: KID is then n/a, {mean: None, std: None, subset_size, reason}."""
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError(f"KID needs at least 2 images in each set, got {len(a)} and {len(b)}")
+    if len(a) == len(b) == m:
+        reason = (
+            f"{m} vs {m} images, at most the subset size {subset_size}: every subset is the whole set (a std "
+            f"over subsets of 0 by construction); KID needs more than {subset_size} images or sets of unequal size"
+        )
+        return {"mean": None, "std": None, "subset_size": m, "reason": reason}
     a, b = a.double(), b.double()
-    gamma = 1.0 / a.shape[1]
     g = torch.Generator().manual_seed(seed)
-    scores = []
-    for _ in range(subsets):
-        x = a[torch.randperm(len(a), generator=g)[:m]]
-        y = b[torch.randperm(len(b), generator=g)[:m]]
-        k_xx, k_yy, k_xy = ((p @ q.T * gamma + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
-        within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
-        scores.append(within - 2 * k_xy.mean())
+    scores = [
+        mmd2(a[torch.randperm(len(a), generator=g)[:m]], b[torch.randperm(len(b), generator=g)[:m]])
+        for _ in range(subsets)
+    ]
     s = torch.stack(scores)
     return {"mean": float(s.mean()), "std": float(s.std(unbiased=False)), "subset_size": m, "subsets": subsets}
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import MinLen
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from diffexp.data.ranges import to_unit
+from diffexp.settings import Allowed
 
 log = logging.getLogger(__name__)
 LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"
@@ -55,9 +58,9 @@ class Metrics:
         lpips: bool = True,
         lpips_required: bool = False,
         fid: bool = True,
-        fid_features: str = "auto",
+        fid_features: Literal["auto", "mnist", "inception"] = "auto",
         fid_required: bool = False,
-        reference: str | None = None,
+        reference: Annotated[str, MinLen(1), Allowed("null or a folder path")] | None = None,
     ) -> None:
         global _warned
         self._lpips = None

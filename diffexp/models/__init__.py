@@ -1,1 +1,2 @@
-"""The prior: the diffusers wrapper, noise schedules, ADM conversion, the Gaussian oracle, the MNIST classifier."""
+"""The prior: the ``Prior`` protocol, the diffusers wrapper, noise schedules, ADM conversion, the Gaussian oracle,
+the MNIST classifier."""

@@ -36,7 +36,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
-from diffexp.errors import ConfigError
+from diffexp.errors import CheckpointMismatchError, ConfigError
 from diffexp.models.diffusion import DiffusionModel, load_folder
 
 
@@ -123,11 +123,6 @@ ADM_SCHEDULER = dict(
     num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
     variance_type="learned_range", clip_sample=True, prediction_type="epsilon",
 )
-
-
-class CheckpointMismatchError(ConfigError):
-    """A checkpoint's keys or shapes do not fit the requested architecture (a user error: ``run.py`` prints
-    the listed problems without a traceback)."""
 
 
 # How one ADM tensor becomes diffusers tensors: (diffusers names, split function, expected ADM shape).

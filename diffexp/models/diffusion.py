@@ -1,4 +1,4 @@
-"""Score predictor: a diffusers ``UNet2DModel`` with its DDPM noise schedule.
+"""Score predictor: a diffusers ``UNet2DModel`` with its DDPM noise schedule (a ``diffexp.models.prior.Prior``).
 
 The wrapper exposes the quantities every sampler needs (Ho et al. 2020; Song et al. 2021):
 ``eps(x, t)``, Tweedie's ``x0(x, t) = (x_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t)`` and
@@ -9,55 +9,59 @@ Learned-variance (``learned_range``) models such as the ADM checkpoints (``diffe
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlparse
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import ConfigMixin, DDPMScheduler, UNet2DModel
+from diffusers.utils import is_accelerate_available
 from torch import Tensor, nn
 
-from diffexp.errors import ConfigError
-
-
-class ModelUnavailableError(ConfigError, RuntimeError):
-    """A hub model that is neither a local folder nor cached, while the hub is unreachable: the user fixes it
-    (a ``ConfigError``: ``run.py`` prints it without a traceback and exits with status 2)."""
+from diffexp.errors import ConfigError, ModelUnavailableError
 
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 NO_FLOAT64_DEVICES = ("mps",)  # device types without float64 tensors: the schedule goes there in float32
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+AUTOCAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+UNSUPPORTED_SCHEDULER_FLAGS = ("thresholding", "rescale_betas_zero_snr")  # dynamic thresholding; ᾱ_T = 0
 
 
 class DiffusionModel(nn.Module):
-    """A UNet and the schedule it was trained with.
+    """A network and the DDPM schedule it was trained with (a ``diffexp.models.prior.Prior``).
 
     Args:
-        unet: the noise/sample/v predictor ``unet(x_t, t).sample``.
+        unet: the noise/sample/v predictor ``unet(x_t, t).sample``: a diffusers ``UNet2DModel``, or any module
+            called like one (e.g. ``diffexp.models.gaussian.GaussianNoisePredictor``).
         scheduler: a diffusers ``DDPMScheduler`` whose config gives betas, ``prediction_type``,
             ``variance_type`` and ``clip_sample``.
         name: a label for logs and ``metrics.json``.
+        image_shape: (C, H, W) of one image, for a network without a diffusers config; otherwise read from
+            its config (``in_channels``, ``sample_size``), which it must then agree with.
     """
 
-    def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, name: str = "model") -> None:
+    def __init__(
+        self, unet: nn.Module, scheduler: DDPMScheduler, name: str = "model",
+        image_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
         cfg = scheduler.config
         if cfg.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type={cfg.prediction_type!r} is not supported; allowed: {PREDICTION_TYPES}")
         if cfg.variance_type not in VARIANCE_TYPES:
             raise ValueError(f"variance_type={cfg.variance_type!r} is not supported; allowed: {VARIANCE_TYPES}")
-        factor = 2 if cfg.variance_type == "learned_range" else 1
-        if unet.config.out_channels != factor * unet.config.in_channels:
-            raise ValueError(
-                f"UNet out_channels={unet.config.out_channels} with in_channels={unet.config.in_channels} does not fit "
-                f"variance_type={cfg.variance_type!r}: allowed is out_channels = {factor} x in_channels"
-            )
+        for key in UNSUPPORTED_SCHEDULER_FLAGS:
+            if getattr(cfg, key, False):
+                raise ValueError(f"scheduler {key}=True is not supported by diffexp; allowed: {key}=False")
+        self._image_shape = _image_shape(unet, cfg.variance_type, image_shape)
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
         self.name = name
@@ -71,13 +75,34 @@ class DiffusionModel(nn.Module):
         self.alphas_cumprod: Tensor = self._alphas_cumprod64
 
     def _apply(self, fn: Any, recurse: bool = True) -> DiffusionModel:
-        """``.to()``/``.cuda()``/``.double()``/...: the UNet follows ``fn``; the schedule ᾱ follows the UNet's
-        device and stays float64 (float32 on devices without float64, e.g. Apple MPS)."""
+        """``.to()``/``.cuda()``/``.double()``/...: the network follows ``fn``; the schedule ᾱ follows the
+        network's device and stays float64 (float32 on devices without float64, e.g. Apple MPS)."""
         super()._apply(fn, recurse)
-        device = next(self.unet.parameters()).device
+        tensor = next(itertools.chain(self.unet.parameters(), self.unet.buffers()), None)
+        device = self.alphas_cumprod.device if tensor is None else tensor.device
         dtype = torch.float32 if device.type in NO_FLOAT64_DEVICES else torch.float64
         self.alphas_cumprod = self._alphas_cumprod64.to(dtype).to(device)
         return self
+
+    def prepare(self, *, device: torch.device, dtype: torch.dtype, channels_last: bool, compile: bool) -> Self:
+        """On ``device``; the network under autocast to ``dtype`` unless float32 (operators stay float32), in
+        channels_last memory format and ``torch.compile``d when asked."""
+        if dtype not in AUTOCAST_DTYPES:
+            raise ValueError(f"dtype={dtype} is not supported; allowed: {', '.join(map(str, AUTOCAST_DTYPES))}")
+        self.to(device)
+        self.autocast_dtype = None if dtype == torch.float32 else dtype
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if compile:
+            self.unet = torch.compile(self.unet)
+        return self
+
+    def problems(self) -> list[str]:
+        """The model's own checks: square images."""
+        _, h, w = self._image_shape
+        if h != w:
+            return [f"model: sample_size=[{h}, {w}] is not square; diffexp supports square images only"]
+        return []
 
     @property
     def num_train_timesteps(self) -> int:
@@ -85,16 +110,15 @@ class DiffusionModel(nn.Module):
 
     @property
     def channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        return self._image_shape[0]
 
     @property
     def sample_size(self) -> int:
-        size = self.unet.config.sample_size
-        return int(size[0] if isinstance(size, (tuple, list)) else size)
+        return self._image_shape[1]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return (self.channels, self.sample_size, self.sample_size)
+        return self._image_shape
 
     def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
         """ᾱ_t broadcast to ``like`` (shape (B,1,1,1), dtype of ``like``)."""
@@ -148,6 +172,32 @@ class DiffusionModel(nn.Module):
         return -self.eps(x, t) / (1 - self.alpha_bar(t, x)).sqrt()
 
 
+def _image_shape(
+    unet: nn.Module, variance_type: str, image_shape: tuple[int, int, int] | None
+) -> tuple[int, int, int]:
+    """(C, H, W) from a diffusers network's config (checked against ``image_shape`` and ``variance_type``), or
+    ``image_shape`` for a network without one."""
+    if not isinstance(unet, ConfigMixin):
+        if image_shape is None or len(image_shape) != 3:
+            raise ValueError(f"{type(unet).__name__} has no diffusers config: pass image_shape=(C, H, W), "
+                             f"not {image_shape}")
+        c, h, w = image_shape
+        return (int(c), int(h), int(w))
+    config = unet.config
+    factor = 2 if variance_type == "learned_range" else 1
+    if config.out_channels != factor * config.in_channels:
+        raise ValueError(
+            f"UNet out_channels={config.out_channels} with in_channels={config.in_channels} does not fit "
+            f"variance_type={variance_type!r}: allowed is out_channels = {factor} x in_channels"
+        )
+    size = config.sample_size
+    h, w = size if isinstance(size, (tuple, list)) else (size, size)
+    shape = (int(config.in_channels), int(h), int(w))
+    if image_shape is not None and tuple(image_shape) != shape:
+        raise ValueError(f"image_shape={tuple(image_shape)} disagrees with the UNet config's {shape}")
+    return shape
+
+
 def tiny_unet(sample_size: int = 16, channels: int = 3, seed: int = 0) -> UNet2DModel:
     """A few-thousand-parameter random UNet (with one attention block) for tests and debugging."""
     torch.manual_seed(seed)
@@ -190,7 +240,12 @@ def load_folder(folder: Path, name: str) -> DiffusionModel:
     sched_dir = _find(folder, ("scheduler_config.json",), "scheduler")
     if sched_dir is None:
         raise FileNotFoundError(f"model folder {folder} has no scheduler_config.json at its root or in scheduler/")
-    unet = UNet2DModel.from_pretrained(unet_dir)
+    scheduler_class = json.loads((sched_dir / "scheduler_config.json").read_text()).get("_class_name")
+    if scheduler_class != "DDPMScheduler":
+        raise ConfigError([f"model folder {folder}: scheduler_config.json has _class_name={scheduler_class!r}; "
+                           "allowed: 'DDPMScheduler' (diffexp implements DDPM schedules only)"])
+    # without accelerate, diffusers' default low_cpu_mem_usage=True falls back to False with a warning
+    unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=is_accelerate_available())
     scheduler = DDPMScheduler.from_pretrained(sched_dir)
     return DiffusionModel(unet, scheduler, name=name)
 

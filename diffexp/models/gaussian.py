@@ -15,8 +15,8 @@ by comparing the mean and per-pixel variance of its samples of one y with m and 
 linear-β DDPM schedule (T = 1000, β from 1e-4 to 0.02, fixed_small, no clipping), as ``model=tiny``.
 So everything the samplers use (``eps``, ``eps_v`` → (ε*, None), ``x0``, ``x0_from_eps``, ``score``,
 ``alpha_bar``, ``alphas_cumprod``, ``variance_type``, ``clip_sample``, ``image_shape``, ...) is the
-production wrapper's own code, and ``model.unet.config`` has ``in_channels``, ``out_channels`` and
-``sample_size`` for ``run()``'s checks. The prior is ``model.unet.mu`` and ``model.unet.s2``.
+production wrapper's own code; the predictor has no diffusers config, so the oracle passes its
+``image_shape`` (that of μ). The prior is ``model.unet.mu`` and ``model.unet.s2``.
 
 Example::
 
@@ -28,10 +28,10 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import Tensor, nn
 
 from diffexp.models.diffusion import DiffusionModel
@@ -56,13 +56,12 @@ class GaussianNoisePredictor(nn.Module):
         self.register_buffer("mu", mu.to(torch.float64).clone())
         self.register_buffer("s2", s2.clone())
         self.alphas_cumprod = alphas_cumprod.to(torch.float64).cpu()  # a plain CPU attribute: never moved
-        self.config = SimpleNamespace(in_channels=mu.shape[0], out_channels=mu.shape[0], sample_size=mu.shape[1])
 
-    def forward(self, x: Tensor, t: Tensor) -> SimpleNamespace:
+    def forward(self, x: Tensor, t: Tensor) -> UNet2DOutput:
         """ε* = sqrt(1−ᾱ_t)(ᾱ_t S + (1−ᾱ_t)I)⁻¹(x_t − sqrt(ᾱ_t)μ), computed in float64."""
         ab = self.alphas_cumprod[t.cpu()].to(x.device).reshape(-1, 1, 1, 1)
         eps = (1 - ab).sqrt() * (x.double() - ab.sqrt() * self.mu) / (ab * self.s2 + 1 - ab)
-        return SimpleNamespace(sample=eps.to(x.dtype))
+        return UNet2DOutput(sample=eps.to(x.dtype))
 
 
 def gaussian_oracle(
@@ -70,7 +69,9 @@ def gaussian_oracle(
 ) -> DiffusionModel:
     """A ``DiffusionModel`` of the prior N(μ, diag(s²)) with the exact noise predictor, linear-β schedule."""
     scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="linear", clip_sample=False)
-    return DiffusionModel(GaussianNoisePredictor(mu, s2, scheduler.alphas_cumprod), scheduler, name=name)
+    predictor = GaussianNoisePredictor(mu, s2, scheduler.alphas_cumprod)
+    c, h, w = mu.shape
+    return DiffusionModel(predictor, scheduler, name=name, image_shape=(c, h, w))
 
 
 @torch.no_grad()

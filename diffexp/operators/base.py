@@ -4,7 +4,10 @@ Measurements are y = A(x) + σ_y·n with n ~ N(0, I) in [-1, 1] image units (the
 σ_y = 0.05 here is 0.025 in [0, 1] units). Random parameters (masks, motion kernels) are drawn once
 per image, at construction, from that image's generator, and stay fixed for the whole run.
 
-Every ``LinearOperator`` offers what the posterior samplers need (shapes: x is (B, C, H, W), y is
+Every ``Operator`` (possibly nonlinear: ``forward`` only) declares its settings as typed keyword parameters of
+its constructor (``diffexp.settings``), the checks that need the image shape or several settings in ``check``,
+and what it offers the samplers in ``capabilities`` (words of ``CAPABILITIES``), which every concrete subclass
+states itself. Every ``LinearOperator`` offers what the posterior samplers need (shapes: x is (B, C, H, W), y is
 A's output; weights are Python floats or tensors broadcastable as (B, 1, 1, 1)):
 
 - ``forward(x)``: A x;  ``adjoint(y)``: Aᵀ y, explicit (no autograd graph);
@@ -22,14 +25,23 @@ image by image (per-image step sizes and stopping), so a result never depends on
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
+from pydantic import ValidationError
 from torch import Tensor, nn
 
-from diffexp.samplers.base import per_image_noise
+from diffexp.rng import per_image_noise
+from diffexp.settings import NonNegativeFloat, problems, settings_model
 
 Weight = float | Tensor
+# What an operator can offer the samplers (``Operator.capabilities``; a sampler's ``@sampler(operator=...)``
+# names those it needs): a linear A, its explicit adjoint Aᵀ, A⁺, (w·AAᵀ + s·I)⁻¹ and the prox of ‖y − A·‖².
+CAPABILITIES = frozenset({"linear", "adjoint", "pinv", "solve_aat", "prox"})
+PROVIDED = ("image_shape", "generators")  # constructor arguments that run() passes itself: not settings
+PREFIX = "task.operator."  # where the settings live in the config
 
 
 def separable(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -73,8 +85,8 @@ def conjugate_gradient(
     return x
 
 
-class LinearOperator(nn.Module):
-    """A linear A with the solvers above and a measurement-noise level ``sigma_y``.
+class Operator(nn.Module, metaclass=ABCMeta):
+    """A measurement y = A(x) + σ_y·n for a forward map A, linear or not.
 
     Args:
         image_shape: (C, H, W) of the images A acts on.
@@ -82,20 +94,86 @@ class LinearOperator(nn.Module):
         sigma_y: measurement noise standard deviation, [-1, 1] units.
     """
 
+    capabilities: ClassVar[frozenset[str]] = frozenset()  # forward only
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse a concrete subclass (one with a ``forward``) that does not declare its own ``capabilities``."""
+        super().__init_subclass__(**kwargs)
+        if getattr(cls.forward, "__isabstractmethod__", False):
+            return
+        if "capabilities" not in vars(cls):
+            raise TypeError(f"{cls.__qualname__} must declare capabilities: ClassVar[frozenset[str]], a subset of "
+                            f"{', '.join(sorted(CAPABILITIES))} (frozenset() for forward only)")
+        caps = cls.capabilities
+        if not isinstance(caps, frozenset) or not caps <= CAPABILITIES:
+            raise TypeError(f"{cls.__qualname__}.capabilities={caps!r}: allowed is a frozenset of "
+                            f"{', '.join(sorted(CAPABILITIES))}")
+
+    def __init__(
+        self, image_shape: Sequence[int], generators: Sequence[torch.Generator], sigma_y: NonNegativeFloat
+    ) -> None:
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.batch_size = len(generators)
+        self._require_valid(sigma_y=sigma_y)
+        self.sigma_y = float(sigma_y)
+
+    @classmethod
+    def check(cls, image_shape: tuple[int, int, int], settings: dict[str, Any]) -> list[str]:
+        """Problems of ``settings`` (the ``task.operator`` values) that need the image shape (C, H, W) or several
+        settings at once, as ``"task.operator.<key>=<value> is invalid: allowed is <what>"``; none by default."""
+        return []
+
+    @classmethod
+    def valid_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """The entries of ``settings`` that are settings of ``cls`` and pass their typed parameter: what ``check``
+        may rely on (the others are reported by the settings model)."""
+        model = settings_model(cls, PROVIDED)
+        try:
+            model.model_validate(settings)
+            bad = set()
+        except ValidationError as err:
+            bad = {e["loc"][0] for e in err.errors() if e["loc"]}
+        return {k: v for k, v in settings.items() if k in model.model_fields and k not in bad}
+
+    def _require_valid(self, **settings: Any) -> None:
+        """Raise ``ValueError`` naming every one of ``settings`` (constructor arguments) that the typed parameters
+        or ``check`` refuse: the config validation's messages, for direct construction too."""
+        found = problems(settings_model(type(self), PROVIDED), settings, PREFIX)
+        found += type(self).check(self.image_shape, settings)
+        if found:
+            raise ValueError("; ".join(found))
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Tensor:
+        """A(x)."""
+
+    def image_parameters(self, j: int) -> dict[str, Tensor]:
+        """The parameters of image ``j`` of the batch (none by default)."""
+        if not 0 <= j < self.batch_size:
+            raise IndexError(f"image {j} is outside this operator's batch of {self.batch_size}")
+        return {}
+
+    def measure(self, x: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
+        """y = A(x) + σ_y·n, n drawn per image."""
+        y = self.forward(x)
+        return y + self.sigma_y * per_image_noise(generators, y) if self.sigma_y > 0 else y
+
+    def baseline(self, y: Tensor) -> Tensor:
+        """The measurement mapped back to image space without a prior (here y itself, for image-shaped y)."""
+        return y
+
+
+class LinearOperator(Operator):
+    """A linear A with the solvers above; every solve has a conjugate-gradient fallback on A and Aᵀ."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({"linear", "adjoint", "pinv", "solve_aat", "prox"})
     cg_tol: float = 1e-6  # relative residual at which conjugate gradients stop (float32 reaches it)
     cg_max_iter: int = 500  # solution error ≲ 2e-4 at condition numbers ~1e4 (blur with ρ or s = 1e-4)
 
-    def __init__(self, image_shape: Sequence[int], generators: Sequence[torch.Generator], sigma_y: float) -> None:
-        super().__init__()
-        if sigma_y < 0:
-            raise ValueError(f"task.sigma_y={sigma_y} must be >= 0")
-        self.image_shape = tuple(image_shape)
-        self.sigma_y = float(sigma_y)
-        self.batch_size = len(generators)
-
+    @abstractmethod
     def adjoint(self, y: Tensor) -> Tensor:
         """Aᵀ y."""
-        raise NotImplementedError(f"{type(self).__name__} has no adjoint")
 
     def solve_aat(self, v: Tensor, *, aat_weight: Weight, noise_var: Weight) -> Tensor:
         """(w·AAᵀ + s·I)⁻¹ v by conjugate gradients in measurement space."""
@@ -119,18 +197,3 @@ class LinearOperator(nn.Module):
     def pinv(self, y: Tensor) -> Tensor:
         """A⁺ y = Aᵀ(AAᵀ)⁻¹ y, for A of full row rank (operators without it override this)."""
         return self.adjoint(self.solve_aat(y, aat_weight=1.0, noise_var=0.0))
-
-    def image_parameters(self, j: int) -> dict[str, Tensor]:
-        """The parameters of image ``j`` of the batch (none by default)."""
-        if not 0 <= j < self.batch_size:
-            raise IndexError(f"image {j} is outside this operator's batch of {self.batch_size}")
-        return {}
-
-    def measure(self, x: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
-        """y = A(x) + σ_y·n, n drawn per image."""
-        y = self.forward(x)
-        return y + self.sigma_y * per_image_noise(generators, y) if self.sigma_y > 0 else y
-
-    def baseline(self, y: Tensor) -> Tensor:
-        """The measurement mapped back to image space without a prior (here y itself, for image-shaped y)."""
-        return y

@@ -19,17 +19,25 @@ normalised. ``kernel=motion``: one random kernel per image, drawn as DPS draws i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Predicate
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator, Weight, separable
+from diffexp.operators.base import PREFIX, LinearOperator, Weight, separable
 from diffexp.operators.motion import motion_kernel
 from diffexp.operators.separable import SeparableSVD
+from diffexp.settings import Allowed, NonNegativeFloat, PositiveFloat, UnitFloat
 
-KERNELS = ("gaussian", "motion")
-PADDINGS = ("reflect", "circular")
+
+def is_odd(n: int) -> bool:
+    """Whether ``n`` is odd (a kernel with a centre pixel)."""
+    return n % 2 == 1
+
+
+OddSize = Annotated[int, Ge(1), Predicate(is_odd), Allowed("an odd integer >= 1")]
 
 
 def pad_matrix(n: int, pad: int, mode: str) -> Tensor:
@@ -75,35 +83,25 @@ class Blur(LinearOperator):
         pinv_cutoff: c of the regularised pseudo-inverse (AᵀA + c²I)⁻¹Aᵀ.
     """
 
+    capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities  # exact SVD/FFT solves, else CG
+
     def __init__(
         self,
         image_shape: Sequence[int],
         generators: Sequence[torch.Generator],
-        sigma_y: float,
+        sigma_y: NonNegativeFloat,
         *,
-        kernel: str = "gaussian",
-        kernel_size: int = 9,
-        std: float = 2.0,
-        intensity: float = 0.5,
-        padding: str = "reflect",
-        pinv_cutoff: float = 0.03,
+        kernel: Literal["gaussian", "motion"] = "gaussian",
+        kernel_size: OddSize = 9,
+        std: PositiveFloat = 2.0,
+        intensity: UnitFloat = 0.5,
+        padding: Literal["reflect", "circular"] = "reflect",
+        pinv_cutoff: PositiveFloat = 0.03,
     ) -> None:
         super().__init__(image_shape, generators, sigma_y)
+        self._require_valid(kernel=kernel, kernel_size=kernel_size, std=std, intensity=intensity, padding=padding,
+                            pinv_cutoff=pinv_cutoff)
         _, h, w = self.image_shape
-        if kernel not in KERNELS:
-            raise ValueError(f"task.kernel={kernel!r} is not one of {KERNELS}")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"task.kernel_size={kernel_size} must be odd and positive")
-        if padding not in PADDINGS:
-            raise ValueError(f"task.padding={padding!r} is not one of {PADDINGS}")
-        if kernel_size // 2 >= min(h, w):
-            raise ValueError(f"task.kernel_size={kernel_size} is too large for {h}x{w} images ({padding} padding)")
-        if pinv_cutoff <= 0:
-            raise ValueError(f"task.pinv_cutoff={pinv_cutoff} must be > 0")
-        if kernel == "gaussian" and std <= 0:
-            raise ValueError(f"task.std={std} must be > 0")
-        if kernel == "motion" and not 0 <= intensity <= 1:
-            raise ValueError(f"task.intensity={intensity} must lie in [0, 1]")
         if kernel == "gaussian":
             kernels = gaussian_kernel(kernel_size, std)[None]
         else:
@@ -119,6 +117,18 @@ class Blur(LinearOperator):
             taps = gaussian_taps(kernel_size, std)
             rows = correlation_matrix(taps, h) @ self.pad_rows.double()
             self.svd = SeparableSVD(rows, correlation_matrix(taps, w) @ self.pad_cols.double())
+
+    @classmethod
+    def check(cls, image_shape: tuple[int, int, int], settings: dict[str, Any]) -> list[str]:
+        """The kernel's radius must be below the image size (the padding mirrors or wraps at most one image)."""
+        valid = cls.valid_settings(settings)
+        _, h, w = image_shape
+        size = min(h, w)
+        if "kernel_size" in valid and valid["kernel_size"] // 2 >= size:
+            padding = valid.get("padding", "reflect")
+            return [f"{PREFIX}kernel_size={valid['kernel_size']} is invalid: allowed is an odd integer <= "
+                    f"{2 * size - 1} for {h}x{w} images ({padding} padding)"]
+        return []
 
     def forward(self, x: Tensor) -> Tensor:
         xp = separable(x, self.pad_rows, self.pad_cols)  # = F.pad(x, padding), exactly

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from torch import Tensor
 
 from diffexp.operators.base import LinearOperator, Weight
@@ -9,6 +11,8 @@ from diffexp.operators.base import LinearOperator, Weight
 
 class Identity(LinearOperator):
     """A = I; y = x + σ_y·n. Every solve is a scalar division."""
+
+    capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities
 
     def forward(self, x: Tensor) -> Tensor:
         return x

@@ -14,11 +14,14 @@ DPS (Chung et al. 2023, official code ``util/img_utils.py: mask_generator``) dra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+from annotated_types import Ge, Gt, Lt
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator, Weight
+from diffexp.operators.base import PREFIX, LinearOperator, Weight
+from diffexp.settings import Allowed, NonNegativeFloat
 
 DPS_MARGIN = 16  # pixels at DPS's 256-px resolution
 
@@ -60,9 +63,6 @@ def half_mask(h: int, w: int) -> Tensor:
     return m
 
 
-MASKS = ("box", "random", "half")
-
-
 class Inpaint(LinearOperator):
     """Pixel masking (``task.mask``: box | random | half), one mask per image, fixed for the run.
 
@@ -75,42 +75,52 @@ class Inpaint(LinearOperator):
         fraction_max: if set, each image drops a fraction drawn uniformly from [fraction, fraction_max].
     """
 
+    capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities  # closed forms: A = AᵀA = diag(m)
+
     def __init__(
         self,
         image_shape: Sequence[int],
         generators: Sequence[torch.Generator],
-        sigma_y: float,
+        sigma_y: NonNegativeFloat,
         *,
-        mask: str = "box",
-        box_size: int = 12,
+        mask: Literal["box", "random", "half"] = "box",
+        box_size: Annotated[int, Ge(1), Allowed("an integer >= 1 (and <= the image size)")] = 12,
         random_position: bool = False,
-        margin: int | None = None,
-        fraction: float = 0.7,
-        fraction_max: float | None = None,
+        margin: Annotated[int, Ge(0), Allowed("null or an integer >= 0")] | None = None,
+        fraction: Annotated[float, Gt(0), Lt(1), Allowed("a number in (0, 1)")] = 0.7,
+        fraction_max: Annotated[float, Gt(0), Lt(1), Allowed("null or a number in (0, 1)")] | None = None,
     ) -> None:
         super().__init__(image_shape, generators, sigma_y)
+        self._require_valid(mask=mask, box_size=box_size, random_position=random_position, margin=margin,
+                            fraction=fraction, fraction_max=fraction_max)
         _, h, w = self.image_shape
-        if mask not in MASKS:
-            raise ValueError(f"task.mask={mask!r} is not one of {MASKS}")
-        if mask == "box" and not 1 <= box_size <= min(h, w):
-            raise ValueError(f"task.box_size={box_size} must lie in [1, {min(h, w)}] for {h}x{w} images")
-        if mask == "box" and random_position:
-            mh, mw = box_margins(h, w, margin)
-            if min(mh, mw) < 0 or min(h - 2 * mh, w - 2 * mw) <= box_size:
-                raise ValueError(
-                    f"task.box_size={box_size} with margin={margin} leaves no room for a random position in {h}x{w} "
-                    "images: need box_size + 2*margin < image size (margin null: 16 px at 256 px, scaled)"
-                )
-        if mask == "random" and not 0 < fraction < 1:
-            raise ValueError(f"task.fraction={fraction} must lie in (0, 1)")
-        if mask == "random" and fraction_max is not None and not fraction <= fraction_max < 1:
-            raise ValueError(f"task.fraction_max={fraction_max} must lie in [fraction={fraction}, 1)")
         makers = {
             "box": lambda g: box_mask(h, w, g, box_size, random_position, margin),
             "random": lambda g: random_mask(h, w, g, fraction, fraction_max),
             "half": lambda g: half_mask(h, w),
         }
         self.register_buffer("mask", torch.stack([makers[mask](g) for g in generators])[:, None])
+
+    @classmethod
+    def check(cls, image_shape: tuple[int, int, int], settings: dict[str, Any]) -> list[str]:
+        """A box fits the image (a randomly placed one inside the margins); ``fraction_max`` >= ``fraction``."""
+        valid = cls.valid_settings(settings)
+        _, h, w = image_shape
+        mask, box, fraction_max = valid.get("mask"), valid.get("box_size"), valid.get("fraction_max")
+        if mask == "box" and box is not None and box > min(h, w):
+            return [f"{PREFIX}box_size={box} is invalid: allowed is 1..{min(h, w)} for {h}x{w} images"]
+        if mask == "box" and box is not None and valid.get("random_position") and "margin" in valid:
+            mh, mw = box_margins(h, w, valid["margin"])
+            room = min(h - 2 * mh, w - 2 * mw)
+            if box >= room:
+                px = f"{mh}" if mh == mw else f"{mh}, {mw}"
+                margin = valid["margin"] if valid["margin"] is not None else f"null ({px} px)"
+                return [f"{PREFIX}box_size={box} is invalid: allowed is 1..{room - 1} for {h}x{w} images with "
+                        f"random_position and margin={margin} (box_size + 2*margin < image size)"]
+        if mask == "random" and fraction_max is not None and "fraction" in valid and fraction_max < valid["fraction"]:
+            return [f"{PREFIX}fraction_max={fraction_max} is invalid: allowed is null or a number in "
+                    f"[fraction={valid['fraction']}, 1)"]
+        return []
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.mask.to(x.dtype)

@@ -9,15 +9,16 @@ through the SVDs of R and C (``SeparableSVD``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator, Weight, separable
+from diffexp.operators.base import PREFIX, LinearOperator, Weight, separable
 from diffexp.operators.separable import SeparableSVD
-
-DOWNSAMPLERS = ("avgpool", "bicubic")
+from diffexp.settings import Allowed, NonNegativeFloat
 
 
 def bicubic_matrix(n: int, factor: int) -> Tensor:
@@ -32,27 +33,36 @@ class SuperResolution(LinearOperator):
     The baseline is the bicubic up-sampling of y.
     """
 
+    capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities  # closed forms (avgpool) or SVD (bicubic)
+
     def __init__(
         self,
         image_shape: Sequence[int],
         generators: Sequence[torch.Generator],
-        sigma_y: float,
+        sigma_y: NonNegativeFloat,
         *,
-        factor: int = 4,
-        downsample: str = "avgpool",
+        factor: Annotated[int, Ge(1), Allowed("an integer >= 1 that divides the image size")] = 4,
+        downsample: Literal["avgpool", "bicubic"] = "avgpool",
     ) -> None:
         super().__init__(image_shape, generators, sigma_y)
+        self._require_valid(factor=factor, downsample=downsample)
         _, h, w = self.image_shape
-        if downsample not in DOWNSAMPLERS:
-            raise ValueError(f"task.downsample={downsample!r} is not one of {DOWNSAMPLERS}")
-        if factor < 1 or h % factor or w % factor:
-            raise ValueError(f"task.factor={factor} must be a positive divisor of the image size {h}x{w}")
         self.factor = factor
         self.downsample = downsample
         if downsample == "bicubic":  # as two matmuls: F.interpolate's bicubic backward is nondeterministic on CUDA
             self.register_buffer("rows", bicubic_matrix(h, factor), persistent=False)
             self.register_buffer("cols", bicubic_matrix(w, factor), persistent=False)
             self.svd = SeparableSVD(self.rows, self.cols)
+
+    @classmethod
+    def check(cls, image_shape: tuple[int, int, int], settings: dict[str, Any]) -> list[str]:
+        """The factor divides the image's height and width."""
+        factor = cls.valid_settings(settings).get("factor")
+        _, h, w = image_shape
+        if factor is not None and (h % factor or w % factor):
+            size = h if h == w else f"{h}x{w}"
+            return [f"{PREFIX}factor={factor} is invalid: allowed is a divisor of the image size {size}"]
+        return []
 
     def forward(self, x: Tensor) -> Tensor:
         if self.downsample == "avgpool":

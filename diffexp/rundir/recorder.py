@@ -50,12 +50,17 @@ def summarize(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, dict[st
 
 
 def _canonical(value: Any) -> Any:
-    """Numbers as floats (``step_size=3`` and ``3.0`` are the same setting), recursively."""
+    """Numbers as floats (``step_size=3`` and ``3.0`` are the same setting), recursively: for comparisons only."""
     if isinstance(value, dict):
         return {k: _canonical(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_canonical(v) for v in value]
     return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _fingerprint(value: Any) -> str:
+    """The canonical JSON text of a setting's value (or of all of them): equal exactly when the settings are."""
+    return json.dumps(_canonical(value), sort_keys=True, default=str)
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:
@@ -64,11 +69,12 @@ def _flatten(value: Any, prefix: str) -> dict[str, Any]:
         for k, v in value.items():
             out.update(_flatten(v, f"{prefix}.{k}"))
         return out
-    return {prefix: _canonical(value)}
+    return {prefix: value}
 
 
 def settings_values(cfg: DictConfig) -> dict[str, Any]:
-    """The ``RESULT_SETTINGS`` resolved and flattened to dotted keys (``sampler.step_size: 5.0``)."""
+    """The ``RESULT_SETTINGS`` resolved and flattened to dotted keys, with their types (``sampler.num_steps: 200``,
+    ``sampler.step_size: 5.0``)."""
     picked: dict[str, Any] = {}
     for key in RESULT_SETTINGS:
         value = OmegaConf.select(cfg, key)
@@ -78,19 +84,20 @@ def settings_values(cfg: DictConfig) -> dict[str, Any]:
 
 
 def settings_hash(cfg: DictConfig) -> str:
-    """Fingerprint of the ``RESULT_SETTINGS`` (not num_images, batch_size, device or logger)."""
-    picked = json.dumps(settings_values(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(picked.encode()).hexdigest()[:16]
+    """Fingerprint of the ``RESULT_SETTINGS`` (not num_images, batch_size, device or logger); numbers count as
+    floats, so ``step_size=3`` and ``3.0`` hash alike."""
+    return hashlib.sha256(_fingerprint(settings_values(cfg)).encode()).hexdigest()[:16]
 
 
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``["sampler.step_size: 5.0 → 3.0", ...]`` for every key whose value differs (or exists on one side)."""
+    """``["sampler.step_size: 5.0 → 3.0", ...]`` for every key whose value differs (or exists on one side);
+    numbers are compared as in ``settings_hash`` (an older ``metrics.json`` stored ``200`` as ``200.0``)."""
     missing = "(unset)"
     keys = sorted(set(old) | set(new))
     return [
         f"{k}: {json.dumps(old.get(k, missing), default=str)} → {json.dumps(new.get(k, missing), default=str)}"
         for k in keys
-        if old.get(k, missing) != new.get(k, missing)
+        if _fingerprint(old.get(k, missing)) != _fingerprint(new.get(k, missing))
     ]
 
 

@@ -21,22 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffexp.errors import SamplingDivergedError
 from diffexp.models.schedule import previous_alphas_cumprod
+from diffexp.rng import per_image_noise
 
 Callback = Callable[[dict[str, Any]], None]
-
-
-class SamplingDivergedError(FloatingPointError):
-    """NaN or Inf appeared in x_t or x̂0 during sampling."""
-
-
-def per_image_noise(generators: Sequence[torch.Generator], like: Tensor) -> Tensor:
-    """Standard normal noise shaped like ``like``, row i drawn from ``generators[i]``."""
-    if len(generators) != like.shape[0]:
-        raise ValueError(f"got {len(generators)} generators for a batch of {like.shape[0]} images")
-    return torch.stack(
-        [torch.randn(like.shape[1:], generator=g, device=like.device, dtype=like.dtype) for g in generators]
-    )
 
 
 def require_measurement(sampler: str, y: Tensor | None, operator: Any) -> None:

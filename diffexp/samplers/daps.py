@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, per_image_noise, require_measurement
 from diffexp.models.schedule import previous_alphas_cumprod, respaced_timesteps
+from diffexp.rng import per_image_noise
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
+from diffexp.samplers.registry import per_step, sampler
+from diffexp.settings import Allowed, Finite, Ge, NonNegativeInt, PositiveFloat, PositiveInt
+
+
 def ode_x0(model: Any, x: Tensor, grid: Tensor, clip_denoised: bool | None) -> Tensor:
     """x̂0(x_t): the probability-flow ODE (deterministic DDIM, η = 0) from x_t along ``grid`` (t, ..., 0);
     one step is Tweedie's x̂0 (DAPS's "few-step ODE solve" of x0 given x_t)."""
@@ -56,6 +61,20 @@ def langevin_x0(
         x0 = x0 - lr * grad + (2 * lr).sqrt() * per_image_noise(generators, x0)
     return x0
 
+def network_calls(timesteps: Tensor, ode_steps: int = 1, **hparams: object) -> int:
+    """UNet evaluations per image (metrics.json ``nfe``): ``ode_steps`` per noise level t, at most t + 1."""
+    return sum(min(ode_steps, t + 1) for t in timesteps.tolist())
+
+
+@sampler(
+    measurement=True,
+    unet_grad=False,
+    operator=frozenset({"linear", "adjoint", "pinv", "prox"}),
+    noise=frozenset({"gaussian"}),
+    network_calls=network_calls,
+    sampling_steps=per_step,
+)
+
 
 @torch.no_grad()
 def daps(
@@ -67,10 +86,10 @@ def daps(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    ode_steps: int = 1,
-    langevin_steps: int = 0,
-    step_size: float = 0.5,
-    tau: float | None = None,
+    ode_steps: PositiveInt = 1,
+    langevin_steps: NonNegativeInt = 0,
+    step_size: PositiveFloat = 0.5,
+    tau: Annotated[float, Ge(0), Finite, Allowed("null (task.sigma_y) or a finite number >= 0")] | None = None,
     clip_denoised: bool | None = None,
 ) -> Tensor:
     """DAPS: at each noise level of ``timesteps`` (the annealing schedule),
@@ -117,14 +136,3 @@ def daps(
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x0
-
-
-daps.guided = True
-
-
-def network_calls(timesteps: Tensor, ode_steps: int = 1, **hparams: object) -> int:
-    """UNet evaluations per image (metrics.json ``nfe``): ``ode_steps`` per noise level t, at most t + 1."""
-    return sum(min(ode_steps, t + 1) for t in timesteps.tolist())
-
-
-daps.network_calls = network_calls

@@ -9,7 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, per_image_noise
+from diffexp.rng import per_image_noise
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas
+from diffexp.samplers.registry import per_step, sampler
+from diffexp.settings import NonNegativeFloat
 
 
 def ddim_sigma(ab: Tensor, ab_prev: Tensor, eta: float) -> Tensor:
@@ -56,6 +59,16 @@ def mixed_update(
     return x
 
 
+@sampler(
+    measurement=False,
+    unet_grad=False,
+    operator=frozenset(),
+    noise=frozenset(),
+    network_calls=per_step,
+    sampling_steps=per_step,
+)
+
+
 @torch.no_grad()
 def ddim(
     model: Any,
@@ -66,7 +79,7 @@ def ddim(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    eta: float = 0.0,
+    eta: NonNegativeFloat = 0.0,
     clip_denoised: bool | None = None,
 ) -> Tensor:
     """x_{t-1} = sqrt(ᾱ_{t-1})·x̂0 + sqrt(1 − ᾱ_{t-1} − σ_t²)·ε + σ_t·z,
@@ -89,6 +102,3 @@ def ddim(
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
-
-
-ddim.guided = False

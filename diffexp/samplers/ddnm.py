@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, per_image_noise, require_measurement
+from diffexp.rng import per_image_noise
+from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
 from diffexp.samplers.ddim import mixed_update
+from diffexp.samplers.registry import sampler
+from diffexp.settings import Allowed, Ge, UnitFloat
 
 
 def travel_schedule(num_steps: int, travel_length: int, travel_repeat: int) -> list[int]:
@@ -50,6 +53,33 @@ def range_null_correction(operator: Any, x0: Tensor, y: Tensor, c2: Tensor | flo
         return x0 - operator.pinv(operator(x0) - y)
     return x0 - operator.adjoint(operator.solve_aat(operator(x0) - y, aat_weight=1.0, noise_var=c2))
 
+def travel_problems(settings: dict[str, Any]) -> list[str]:
+    """Time travel jumps back ``travel_length`` grid steps: fewer than ``num_steps`` (with ``travel_repeat`` > 1)."""
+    length, repeat, steps = (settings.get(k) for k in ("travel_length", "travel_repeat", "num_steps"))
+    if all(isinstance(v, int) for v in (length, repeat, steps)) and repeat > 1 and length >= steps:
+        return [
+            f"sampler.travel_length={length} is invalid with sampler.travel_repeat={repeat}: allowed is "
+            f"1..{steps - 1} (fewer than sampler.num_steps={steps})"
+        ]
+    return []
+
+
+def network_calls(timesteps: Tensor, travel_length: int = 1, travel_repeat: int = 1, **hparams: object) -> int:
+    """UNet evaluations per image (metrics.json ``nfe``): one per denoising step, time travel included."""
+    path = travel_schedule(len(timesteps), travel_length, travel_repeat)
+    return sum(q > p for p, q in zip(path, path[1:]))
+
+
+@sampler(
+    measurement=True,
+    unet_grad=False,
+    operator=frozenset({"linear", "adjoint", "pinv", "solve_aat"}),
+    noise=frozenset({"gaussian"}),
+    network_calls=network_calls,
+    sampling_steps=network_calls,
+    check=travel_problems,
+)
+
 
 @torch.no_grad()
 def ddnm(
@@ -61,9 +91,9 @@ def ddnm(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    eta: float = 1.0,
-    travel_length: int = 1,
-    travel_repeat: int = 1,
+    eta: UnitFloat = 1.0,
+    travel_length: Annotated[int, Ge(1), Allowed("an integer >= 1 (and < num_steps with travel_repeat > 1)")] = 1,
+    travel_repeat: Annotated[int, Ge(1), Allowed("an integer >= 1 (1: no time travel)")] = 1,
     clip_denoised: bool | None = None,
 ) -> Tensor:
     """DDNM+: replace the range-space part of Tweedie's x̂0 by A⁺y, then step to t-1 as the authors' code:
@@ -115,16 +145,3 @@ def ddnm(
             callback({"i": i, "t": t, "x": x, "x0": x0})
         i += 1
     return x
-
-
-ddnm.guided = True
-
-
-def network_calls(timesteps: Tensor, travel_length: int = 1, travel_repeat: int = 1, **hparams: object) -> int:
-    """UNet evaluations per image (metrics.json ``nfe``): one per denoising step, time travel included."""
-    path = travel_schedule(len(timesteps), travel_length, travel_repeat)
-    return sum(q > p for p, q in zip(path, path[1:]))
-
-
-ddnm.network_calls = network_calls
-ddnm.sampling_steps = network_calls  # one callback per denoising step

@@ -9,6 +9,17 @@ import torch
 from torch import Tensor
 
 from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas
+from diffexp.samplers.registry import per_step, sampler
+
+
+@sampler(
+    measurement=False,
+    unet_grad=False,
+    operator=frozenset(),
+    noise=frozenset(),
+    network_calls=per_step,
+    sampling_steps=per_step,
+)
 
 
 @torch.no_grad()
@@ -40,6 +51,3 @@ def ddpm(
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
-
-
-ddpm.guided = False

@@ -10,6 +10,10 @@ from torch import Tensor
 
 from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
 from diffexp.samplers.ddim import mixed_update
+from diffexp.samplers.registry import per_step, sampler
+from diffexp.settings import PositiveFloat, UnitFloat
+
+
 def data_step(operator: Any, x0: Tensor, y: Tensor, rho: Tensor) -> Tensor:
     """x̂0' = argmin_x ‖y − A x‖² + ρ‖x − x̂0‖² (DiffPIR eq. 13 with ρ = ρ_t), by ``operator.prox``.
 
@@ -19,6 +23,16 @@ def data_step(operator: Any, x0: Tensor, y: Tensor, rho: Tensor) -> Tensor:
     if operator.sigma_y == 0:
         return x0 - operator.pinv(operator(x0) - y)
     return operator.prox(x0, y, rho=rho)
+
+
+@sampler(
+    measurement=True,
+    unet_grad=False,
+    operator=frozenset({"linear", "pinv", "prox"}),
+    noise=frozenset({"gaussian"}),
+    network_calls=per_step,
+    sampling_steps=per_step,
+)
 
 
 @torch.no_grad()
@@ -31,8 +45,8 @@ def diffpir(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    lam: float = 1.0,
-    zeta: float = 1.0,
+    lam: PositiveFloat = 1.0,
+    zeta: UnitFloat = 1.0,
     clip_denoised: bool | None = None,
 ) -> Tensor:
     """DiffPIR: Tweedie's x̂0, a proximal data step, then the ζ-mixed step to t-1.
@@ -62,6 +76,3 @@ def diffpir(
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
-
-
-diffpir.guided = True

@@ -9,10 +9,24 @@ import torch
 from torch import Tensor
 
 from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas, require_measurement
+from diffexp.samplers.registry import per_step, sampler
+from diffexp.settings import PositiveFloat
+
+
 def safe_norm(r: Tensor) -> Tensor:
     """Row norms ‖r_i‖₂ whose gradient is 0 (a subgradient) for an all-zero row instead of 0/0 = NaN."""
     zero = (r == 0).all(dim=1, keepdim=True)
     return torch.where(zero, torch.ones_like(r), r).norm(dim=1) * ~zero.squeeze(1)
+
+
+@sampler(
+    measurement=True,
+    unet_grad=True,
+    operator=frozenset(),
+    noise=frozenset({"gaussian"}),
+    network_calls=per_step,
+    sampling_steps=per_step,
+)
 
 
 def dps(
@@ -24,7 +38,7 @@ def dps(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    step_size: float = 1.0,
+    step_size: PositiveFloat = 1.0,
     clip_denoised: bool | None = None,
 ) -> Tensor:
     """DPS: x' = ancestral step from x_t (with x̂0 = Tweedie(x_t)), then
@@ -56,7 +70,3 @@ def dps(
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0, "residual": residual.detach()})
     return x
-
-
-dps.guided = True
-dps.needs_unet_grad = True

@@ -10,6 +10,10 @@ from torch import Tensor
 
 from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
 from diffexp.samplers.ddim import ddim_sigma, ddim_update
+from diffexp.samplers.registry import per_step, sampler
+from diffexp.settings import NonNegativeFloat, PositiveFloat
+
+
 def pigdm_guidance(model: Any, x: Tensor, t: Tensor, y: Tensor, operator: Any, ab: Tensor) -> tuple[Tensor, Tensor]:
     """(x̂0, g) with g = ((y − A x̂0)ᵀ(r_t²AAᵀ + σ_y²I)⁻¹ A ∂x̂0/∂x_t)ᵀ (ΠGDM eq. 8), r_t² = 1 − ᾱ_t.
 
@@ -24,6 +28,16 @@ def pigdm_guidance(model: Any, x: Tensor, t: Tensor, y: Tensor, operator: Any, a
     return x0.detach(), g
 
 
+@sampler(
+    measurement=True,
+    unet_grad=True,
+    operator=frozenset({"linear", "adjoint", "solve_aat"}),
+    noise=frozenset({"gaussian"}),
+    network_calls=per_step,
+    sampling_steps=per_step,
+)
+
+
 @torch.no_grad()
 def pigdm(
     model: Any,
@@ -34,8 +48,8 @@ def pigdm(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    step_size: float = 1.0,
-    eta: float = 1.0,
+    step_size: PositiveFloat = 1.0,
+    eta: NonNegativeFloat = 1.0,
     clip_denoised: bool | None = None,
 ) -> Tensor:
     """ΠGDM: the DDIM update (η = ``eta``) of the guided denoiser x̂0|y = x̂0 + w·(1−ᾱ_t)/sqrt(ᾱ_t)·g.
@@ -67,7 +81,3 @@ def pigdm(
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
     return x
-
-
-pigdm.guided = True
-pigdm.needs_unet_grad = True

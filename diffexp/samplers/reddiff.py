@@ -8,7 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import Callback, FiniteCheck, grid_alphas, per_image_noise, require_measurement
+from diffexp.rng import per_image_noise
+from diffexp.samplers.base import Callback, FiniteCheck, grid_alphas, require_measurement
+from diffexp.samplers.registry import per_step, sampler
+from diffexp.settings import PositiveFloat
 
 
 def reddiff_gradient(operator: Any, mu: Tensor, y: Tensor, eps_hat: Tensor, eps: Tensor, lam_t: Tensor) -> Tensor:
@@ -21,6 +24,16 @@ def reddiff_gradient(operator: Any, mu: Tensor, y: Tensor, eps_hat: Tensor, eps:
     return operator.adjoint(operator(mu) - y) / m + lam_t * (eps_hat - eps) / n
 
 
+@sampler(
+    measurement=True,
+    unet_grad=False,
+    operator=frozenset({"linear", "adjoint", "pinv"}),
+    noise=frozenset({"gaussian"}),
+    network_calls=per_step,
+    sampling_steps=per_step,
+)
+
+
 @torch.no_grad()
 def reddiff(
     model: Any,
@@ -31,8 +44,8 @@ def reddiff(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    lam: float = 0.05,
-    lr: float = 0.5,
+    lam: PositiveFloat = 0.05,
+    lr: PositiveFloat = 0.5,
 ) -> Tensor:
     """RED-diff: fit q(x0 | y) = N(μ, σ²I), σ → 0, to the posterior by minimising, with Adam over μ,
 
@@ -68,6 +81,3 @@ def reddiff(
         if callback is not None:
             callback({"i": i, "t": t, "x": x_t, "x0": mu.clone()})
     return mu
-
-
-reddiff.guided = True

@@ -8,15 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from diffexp.samplers.base import (
-    Callback,
-    FiniteCheck,
-    ancestral_step,
-    clip_x0,
-    grid_alphas,
-    per_image_noise,
-    require_measurement,
-)
+from diffexp.rng import per_image_noise
+from diffexp.samplers.base import Callback, FiniteCheck, ancestral_step, clip_x0, grid_alphas, require_measurement
+from diffexp.samplers.registry import per_step, sampler
+from diffexp.settings import NonNegativeInt, PositiveFloat
+
+
 def likelihood_score(operator: Any, x: Tensor, y: Tensor, ab: Tensor) -> Tensor:
     """∇_{x_t} log p(y | x_t) with p(y | x_t) ≈ N(y; A x̃_t, σ_y²I + γ_t²AAᵀ), x̃_t = x_t/sqrt(ᾱ_t),
     γ_t² = (1−ᾱ_t)/ᾱ_t: Aᵀ(σ_y²I + γ_t²AAᵀ)⁻¹(y − A x̃_t)/sqrt(ᾱ_t).
@@ -29,6 +26,20 @@ def likelihood_score(operator: Any, x: Tensor, y: Tensor, ab: Tensor) -> Tensor:
     r = y - operator(x / ab.sqrt())
     return operator.adjoint(operator.solve_aat(r, aat_weight=gamma2, noise_var=operator.sigma_y**2)) / ab.sqrt()
 
+def network_calls(timesteps: Tensor, corrector_steps: int = 1, **hparams: object) -> int:
+    """UNet evaluations per image (metrics.json ``nfe``): the corrector runs after every step but the last."""
+    return len(timesteps) + (len(timesteps) - 1) * corrector_steps
+
+
+@sampler(
+    measurement=True,
+    unet_grad=False,
+    operator=frozenset({"linear", "adjoint", "solve_aat"}),
+    noise=frozenset({"gaussian"}),
+    network_calls=network_calls,
+    sampling_steps=per_step,
+)
+
 
 @torch.no_grad()
 def scoreald(
@@ -40,9 +51,9 @@ def scoreald(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    step_size: float = 1.0,
-    corrector_steps: int = 0,
-    corrector_size: float = 0.1,
+    step_size: PositiveFloat = 1.0,
+    corrector_steps: NonNegativeInt = 1,
+    corrector_size: PositiveFloat = 1.0,
     clip_denoised: bool | None = None,
 ) -> Tensor:
     """Ancestral prior step with Jalal et al.'s likelihood score, without backprop through the UNet.
@@ -119,14 +130,3 @@ def _langevin(
         score = model.score(x, t) + likelihood_score(operator, x, y, ab)
         x = x + alpha * score + (2 * alpha).sqrt() * per_image_noise(generators, x)
     return x
-
-
-scoreald.guided = True
-
-
-def network_calls(timesteps: Tensor, corrector_steps: int = 0, **hparams: object) -> int:
-    """UNet evaluations per image (metrics.json ``nfe``): the corrector runs after every step but the last."""
-    return len(timesteps) + (len(timesteps) - 1) * corrector_steps
-
-
-scoreald.network_calls = network_calls

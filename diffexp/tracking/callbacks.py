@@ -80,10 +80,10 @@ class SweepReport(Callback):
         if self.wandb is None:
             self._write()
             return
-        args = [sys.executable, "-m", "diffexp.tracking.report", str(self.sweep_dir)]
+        args = [sys.executable, "-m", "diffexp.tracking.wandb", str(self.sweep_dir)]
         for key, value in self.wandb.items():
             if value is not None:
-                args += [f"--wandb-{key.replace('_', '-')}", str(value)]
+                args += [f"--{key.replace('_', '-')}", str(value)]
         env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # this process's service is gone
         print(f"[diffexp] sweep report: {' '.join(args[1:])}", file=sys.stderr)
         subprocess.run(args, env=env, check=False)

@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from diffexp.tracking.base import Tracker
+
 log = logging.getLogger("diffexp")
 
 
@@ -19,9 +21,9 @@ def _mean_std(stats: dict[str, Any] | None, digits: int) -> str:
 DIGITS = {"psnr": 2, "ssim": 3, "lpips": 3, "residual": 3}
 
 
-def summary_lines(result: dict[str, Any], out_dir: Path, sync_command: str | None = None) -> list[str]:
+def summary_lines(result: dict[str, Any], out_dir: Path, hint: str | None = None) -> list[str]:
     """The summary of a run's ``metrics.json`` content: status, each metric (mean ± std) next to the
-    baseline's, NFE and s/image, the paths of grid.png and metrics.json, and the ``wandb sync`` command."""
+    baseline's, NFE and s/image, the paths of grid.png and metrics.json, and the tracker's ``hint`` line."""
     status = result.get("status")
     what = "/".join(str(result.get(k)) for k in ("task", "sampler") if result.get(k))
     lines = [f"{status}: {what} on {result.get('model')}, "
@@ -42,8 +44,8 @@ def summary_lines(result: dict[str, Any], out_dir: Path, sync_command: str | Non
     for name in ("grid.png", "metrics.json"):
         if (out_dir / name).is_file():
             lines.append(f"  {name + ':':<14}{out_dir / name}")
-    if sync_command:
-        lines.append(f"  W&B offline; upload with: {sync_command}")
+    if hint:
+        lines.append(f"  {hint}")
     return lines
 
 
@@ -59,6 +61,8 @@ def _distribution_lines(dist: dict[str, Any] | None) -> list[str]:
         f"  {'fid':<10}{_number(dist['fid'], 2):<22}{_number(dist.get('baseline_fid'), 2)}",
         f"  {'kid':<10}{_mean_std(dist.get('kid'), 3):<22}{_mean_std(dist.get('baseline_kid'), 3)}",
     ]
+    reasons = [kid["reason"] for kid in (dist.get("kid"), dist.get("baseline_kid")) if kid and kid.get("reason")]
+    lines += [f"  kid n/a: {reason}" for reason in dict.fromkeys(reasons)]  # the baseline's is the same one
     if dist.get("accuracy") is not None:
         lines.append(f"  {'accuracy':<10}{_number(dist['accuracy'], 3):<22}{_number(dist.get('baseline_accuracy'), 3)}")
     if dist.get("class_coverage") is not None:
@@ -67,9 +71,7 @@ def _distribution_lines(dist: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def log_summary(result: dict[str, Any], out_dir: Path, logger: Any = None) -> None:
-    """Log ``summary_lines`` (a warning unless the run is ok); ``logger`` (the run's tracker) may offer the
-    ``wandb sync`` command of an offline run through ``sync_command()``."""
-    sync = getattr(logger, "sync_command", None)
-    text = "\n".join(summary_lines(result, out_dir, sync() if sync else None))
+def log_summary(result: dict[str, Any], out_dir: Path, tracker: Tracker | None = None) -> None:
+    """Log ``summary_lines`` (a warning unless the run is ok), ending with the tracker's ``console_hint()``."""
+    text = "\n".join(summary_lines(result, out_dir, tracker.console_hint() if tracker is not None else None))
     log.log(logging.INFO if result.get("status") == "ok" else logging.WARNING, "%s", text)

@@ -9,22 +9,22 @@ from omegaconf import DictConfig
 
 
 class NoLogger:
-    """A logger that logs nothing; the interface every logger implements."""
+    """A tracker (``diffexp.tracking.base.Tracker``) that records nothing."""
 
-    log_every = 0
+    log_every: int = 0
 
     def __init__(self, cfg: DictConfig, output_dir: Path) -> None:
         self.output_dir = output_dir
 
-    def log_step(self, state: dict[str, Any], *, operator: Any, y: Any) -> None:
-        """Called every ``log_every`` sampling steps with the sampler's callback state."""
+    def log_step(self, state: dict[str, Any]) -> None:
+        """Never called: ``log_every`` is 0."""
 
     def log_results(self, result: dict[str, Any], output_dir: Path) -> None:
-        """Called once with the final ``metrics.json`` content, after the images are written."""
-
-    def sync_command(self) -> str | None:
-        """The command that uploads an offline run's records (``wandb sync ...``); None when nothing to upload."""
-        return None
+        """Nothing to record: ``metrics.json`` is in ``output_dir`` already."""
 
     def finish(self, exit_code: int) -> None:
-        """Called exactly once, also when the run fails (exit_code != 0)."""
+        """Nothing to close."""
+
+    def console_hint(self) -> str | None:
+        """No line: there is nothing to upload."""
+        return None

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from diffexp.errors import NotASweepError
+
 PLOTTED = ("psnr", "ssim", "lpips")
 LOWER_IS_BETTER = ("lpips", "residual")
 REPEAT_KEYS = ("seed",)  # swept to repeat a configuration: pooled in the report, never a "best" value
@@ -79,10 +81,6 @@ def load_job(path: Path) -> Job:
         status = "failed"
         error = f"did not finish: {result.get('num_finished')} of {result.get('num_images')} images (killed?)"
     return Job(path.name, path, overrides, status, error, result)
-
-
-class NotASweepError(ValueError):
-    """The directory is not a Hydra multirun directory (or holds no job yet)."""
 
 
 def job_paths(sweep_dir: Path) -> list[Path]:
@@ -408,14 +406,11 @@ def headline(report: Report, max_rows: int = 10) -> str:
     return "\n".join(shown)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> Report:
+    """Write the report of a sweep directory and print its files and headline (to log it to W&B as well:
+    ``python -m diffexp.tracking.wandb``)."""
     parser = argparse.ArgumentParser(prog="python -m diffexp.tracking.report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (hydra.sweep.dir)")
-    parser.add_argument("--wandb-project", help="also log the report to W&B, as a run of job_type report")
-    parser.add_argument("--wandb-entity", help="W&B entity (default: yours)")
-    parser.add_argument("--wandb-group", help="W&B group (default: the sweep directory's name, as its jobs)")
-    parser.add_argument("--wandb-mode", default="auto", help="auto (default), online, offline")
-    parser.add_argument("--wandb-init-timeout", type=float, default=30.0, help="seconds before offline fallback")
     args = parser.parse_args(argv)
     try:
         report = write_report(args.sweep_dir)
@@ -424,13 +419,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for path in report.files:
         print(path)
     print(headline(report))
-    if args.wandb_project:
-        from diffexp.tracking.wandb import log_report  # imports wandb, only when asked
-
-        log_report(
-            report, project=args.wandb_project, entity=args.wandb_entity, group=args.wandb_group,
-            mode=args.wandb_mode, init_timeout=args.wandb_init_timeout,
-        )
+    return report
 
 
 if __name__ == "__main__":

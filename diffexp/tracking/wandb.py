@@ -3,10 +3,14 @@
 Host and key are wandb's own (``wandb login``, ``WANDB_API_KEY``, ``WANDB_BASE_URL``, its settings files):
 nothing here names a host. Offline runs land in ``<output dir>/wandb/offline-run-*`` and are uploaded later
 with the ``wandb sync`` command that the run's console summary prints.
+
+Also the W&B side of the sweep report (``diffexp.tracking.report`` writes it, ``log_report`` uploads it):
+``python -m diffexp.tracking.wandb <sweep dir> [--project P ...]`` writes a sweep's report and logs it.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -18,10 +22,9 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-import torch
 import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -32,6 +35,8 @@ from diffexp.evaluation.fid import summary_values
 from diffexp.rundir.images import make_grid
 from diffexp.rundir.recorder import image_name
 from diffexp.tracking.report import PLOTTED, Report, parse_overrides, typed
+from diffexp.tracking.report import main as report_cli
+from diffexp.settings import Allowed, Finite, Ge, Gt, PositiveInt
 
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
@@ -193,9 +198,53 @@ def _thumbnail(path: Path) -> wandb.Image | None:
     return wandb.Image(img)
 
 
-class WandbLogger:
-    """One W&B run per output directory: config, per-step residual and x̂0 preview, final summary, image
-    table, grid, and the run's ``metrics.json`` and ``.hydra/config.yaml``.
+class WandbRun:
+    """One W&B run per output directory, continued by ``resume`` (its id in ``<output_dir>/.wandb_run_id``): the
+    tracker of training (``diffexp.training.ddpm``) and the base of ``WandbLogger``.
+
+    Args:
+        output_dir: the W&B files go to ``<output_dir>/wandb/``, the run id to ``<output_dir>/.wandb_run_id``.
+        resume: continue the run whose id is stored in ``output_dir`` (a new run when there is none).
+        mode: auto (``$WANDB_MODE`` if set, else online when logged in, else offline), online, offline, disabled.
+        init_timeout: seconds to wait for an online start before falling back to offline.
+        **init: the other arguments of ``wandb.init`` (project, entity, job_type, config, ...).
+    """
+
+    def __init__(self, output_dir: Path, *, resume: bool, mode: str = "auto", init_timeout: float = 30.0,
+                 **init: Any) -> None:
+        self.output_dir = Path(output_dir)
+        wandb_id, resume_mode = run_id(self.output_dir, resume=resume)
+        self.run = init_run(
+            mode=mode, init_timeout=init_timeout, directory=self.output_dir, id=wandb_id, resume=resume_mode, **init
+        )
+        remember_run(self.run, self.output_dir)
+
+    def log_metrics(self, values: dict[str, float], *, step: int) -> None:
+        """Numbers at ``step`` of the run's history (e.g. the training loss)."""
+        self.run.log(values, step=step)
+
+    def log_images(self, images: dict[str, Image.Image], *, step: int) -> None:
+        """Images at ``step`` of the run's history (e.g. a grid of samples)."""
+        self.run.log({key: wandb.Image(image) for key, image in images.items()}, step=step)
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        """Final values of the run (its W&B summary)."""
+        self.run.summary.update(values)
+
+    def console_hint(self) -> str | None:
+        """``W&B offline; upload with: wandb sync ...`` for an offline run; None when it is online or disabled."""
+        command = sync_command(self.output_dir, self.run)
+        return f"W&B offline; upload with: {command}" if command else None
+
+    def finish(self, exit_code: int) -> None:
+        """Close the run; a non-zero ``exit_code`` marks it failed."""
+        self.run.finish(exit_code=exit_code)
+
+
+class WandbLogger(WandbRun):
+    """``logger=wandb``, a ``diffexp.tracking.base.Tracker``: one W&B run per output directory with the config,
+    per-step residual and x̂0 preview, final summary, image table, grid, and the run's ``metrics.json`` and
+    ``.hydra/config.yaml``.
 
     Args:
         cfg: the job's composed config (logged, resolved, as the run's config, with the Hydra group
@@ -211,6 +260,8 @@ class WandbLogger:
         init_timeout: seconds to wait for an online start before falling back to offline.
     """
 
+    log_every: int
+
     def __init__(
         self,
         cfg: DictConfig,
@@ -221,24 +272,21 @@ class WandbLogger:
         tags: Sequence[str] = (),
         group: str | None = None,
         mode: str = "auto",
-        log_every: int = 0,
-        preview_images: int = 4,
-        init_timeout: float = 30.0,
+        log_every: Annotated[int, Ge(0), Allowed("an integer >= 0 (0: off)")] = 0,
+        preview_images: PositiveInt = 4,
+        init_timeout: Annotated[float, Gt(0), Finite, Allowed("a finite number of seconds > 0")] = 30.0,
     ) -> None:
-        self.output_dir = Path(output_dir)
         self.log_every = int(log_every)
         self.preview_images = int(preview_images)
         sweep, name, choices, overrides = hydra_job()
         model = choices.get("model") or cfg.model.get("name") or str(cfg.model._target_).rsplit(".", 1)[-1]
-        config = plain_config(cfg, self.output_dir)
+        config = plain_config(cfg, Path(output_dir))
         config.update(choices=choices, overrides=overrides)
-        wandb_id, resume = run_id(self.output_dir, resume=bool(cfg.get("resume")))
-        self.run = init_run(
+        super().__init__(
+            output_dir,
+            resume=bool(cfg.get("resume")),
             mode=mode,
             init_timeout=init_timeout,
-            directory=self.output_dir,
-            id=wandb_id,
-            resume=resume,
             project=project,
             entity=entity,
             group=group or sweep,
@@ -247,22 +295,18 @@ class WandbLogger:
             tags=list(dict.fromkeys([cfg.task.name, cfg.sampler.name, model, *tags])),
             config=config,
         )
-        remember_run(self.run, self.output_dir)
         hydra_config = self.output_dir / ".hydra" / "config.yaml"
         if hydra_config.is_file():
             save_in_run(self.run, hydra_config, ".hydra/config.yaml")
         self.run.define_metric("sampling/step")
         self.run.define_metric("sampling/*", step_metric="sampling/step")
 
-    def log_step(self, state: dict[str, Any], *, operator: Any, y: Any) -> None:
-        """Log the mean data residual ‖y - A(x̂0)‖ and a preview of x̂0; ``sampling/step`` counts the steps of
-        the whole run (``state['step']``, else the batch's step ``state['i']``)."""
+    def log_step(self, state: dict[str, Any]) -> None:
+        """Log the mean data residual (``state['residual']``, when there is a measurement) and a preview of x̂0;
+        ``sampling/step`` counts the steps of the whole run (``state['step']``)."""
         x0 = state["x0"].detach().float()
+        data: dict[str, Any] = {"sampling/step": int(state["step"]), "sampling/t": int(state["t"])}
         residual = state.get("residual")
-        if residual is None and operator is not None:
-            with torch.no_grad():
-                residual = (y - operator(x0)).flatten(1).norm(dim=1)
-        data: dict[str, Any] = {"sampling/step": int(state.get("step", state["i"])), "sampling/t": int(state["t"])}
         if residual is not None:
             data["sampling/residual"] = float(residual.detach().float().mean())
         preview = x0[: self.preview_images].clamp(-1, 1)
@@ -281,7 +325,7 @@ class WandbLogger:
             for metric, stats in block.items():
                 summary.update({f"{prefix}{metric}/{stat}": value for stat, value in stats.items()})
         summary.update(summary_values(result.get("distribution")))  # fid, kid/mean, ... (diffexp.evaluation.fid)
-        self.run.summary.update(summary)
+        self.log_summary(summary)
         data: dict[str, Any] = {}
         rows = result.get("per_image") or []
         if rows:
@@ -308,14 +352,6 @@ class WandbLogger:
             thumbs = [_thumbnail(images / image_name(row["index"], suffix)) for _, suffix in pictures]
             table.add_data(*[row.get(key) for key in keys], *thumbs)
         return table
-
-    def sync_command(self) -> str | None:
-        """The exact ``wandb sync`` command that uploads this offline run; None when it is online."""
-        return sync_command(self.output_dir, self.run)
-
-    def finish(self, exit_code: int) -> None:
-        """Close the run; a non-zero ``exit_code`` marks it failed."""
-        self.run.finish(exit_code=exit_code)
 
 
 def log_report(
@@ -382,3 +418,24 @@ def charts(report: Report) -> dict[str, Any]:
             out[f"charts/{metric}_vs_{x}"] = plot(chart_table, x, column, title=f"{metric} (mean) vs {key}")
     return out
 
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Write a sweep's report (as ``python -m diffexp.tracking.report``) and log it to W&B as a run of job_type
+    ``report``; run in a new process by ``diffexp.tracking.callbacks.SweepReport`` after a failed job."""
+    parser = argparse.ArgumentParser(
+        prog="python -m diffexp.tracking.wandb", description="Write a sweep's report and log it to W&B."
+    )
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (hydra.sweep.dir)")
+    parser.add_argument("--project", default="diffexp", help="W&B project (default: diffexp)")
+    parser.add_argument("--entity", help="W&B entity (default: yours)")
+    parser.add_argument("--group", help="W&B group (default: the sweep directory's name, as its jobs)")
+    parser.add_argument("--mode", default="auto", help="auto (default), online, offline")
+    parser.add_argument("--init-timeout", type=float, default=30.0, help="seconds before offline fallback")
+    args = parser.parse_args(argv)
+    report = report_cli([str(args.sweep_dir)])
+    log_report(report, project=args.project, entity=args.entity, group=args.group, mode=args.mode,
+               init_timeout=args.init_timeout)
+
+
+if __name__ == "__main__":
+    main()

@@ -71,6 +71,11 @@ def calibrate(test_x: Tensor, extractor: MnistFeatures, stats: ReferenceStats, s
     return rows
 
 
+def _kid_cell(kid: dict) -> str:
+    """``mean ± std`` of a KID result, or ``n/a`` (sets too small for subsets that differ)."""
+    return f"{kid['mean']:.4f} ± {kid['std']:.4f}" if kid["mean"] is not None else "n/a"
+
+
 def write_card(out: Path, cfg: DictConfig, info: dict) -> None:
     text = f"""# diffexp MNIST classifier (features of the `mnist` FID/KID)
 
@@ -96,8 +101,7 @@ FID is biased upwards on small sets (compare sets of equal size; prefer KID belo
 | set | images | FID | KID (mean ± std over subsets) |
 |---|---|---|---|
 """ + "".join(
-        f"| {r['set']} | {r['num_images']} | {r['fid']:.2f} | {r['kid']['mean']:.4f} ± {r['kid']['std']:.4f} |\n"
-        for r in info["calibration"]
+        f"| {r['set']} | {r['num_images']} | {r['fid']:.2f} | {_kid_cell(r['kid'])} |\n" for r in info["calibration"]
     )
     (out / "README.md").write_text(text)
 

@@ -19,7 +19,6 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-import wandb
 from diffusers import DDPMScheduler, UNet2DModel
 from diffusers.optimization import get_cosine_schedule_with_warmup
 from diffusers.training_utils import EMAModel
@@ -33,9 +32,9 @@ from diffexp.cli import clean_errors
 from diffexp.data.loaders import folder, read_idx
 from diffexp.data.ranges import from_unit
 from diffexp.errors import ConfigError
-from diffexp.experiment import resolve_device
+from diffexp.runtime import resolve_device
 from diffexp.rundir.images import make_grid
-from diffexp.tracking.wandb import init_run, remember_run, run_id
+from diffexp.tracking.wandb import WandbRun
 from diffexp.models.diffusion import DiffusionModel
 from diffexp.samplers.ddpm import ddpm
 from diffexp.models.schedule import respaced_timesteps
@@ -136,13 +135,12 @@ def train(cfg: DictConfig) -> dict:
         g_noise.set_state(state["rng"]["noise"])
         torch.set_rng_state(state["rng"]["torch"])
         step, losses, elapsed = state["step"], state["losses"], state["elapsed"]
-    wandb_id, resume = run_id(out_dir, resume=bool(cfg.resume))
-    run = init_run(
-        mode=cfg.wandb.mode, init_timeout=cfg.wandb.init_timeout, directory=out_dir, id=wandb_id, resume=resume,
+    tracker = WandbRun(
+        out_dir, resume=bool(cfg.resume), mode=cfg.wandb.mode, init_timeout=cfg.wandb.init_timeout,
         project=cfg.wandb.project, entity=cfg.wandb.entity, job_type="train",
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    remember_run(run, out_dir)
+    exit_code = 1
     try:
         unet.train()
         start = time.time() - elapsed
@@ -165,13 +163,13 @@ def train(cfg: DictConfig) -> dict:
             losses.append(loss.item())
             done = step + 1
             if done % 50 == 0:
-                run.log({"loss": float(np.mean(losses[-50:])), "lr": lr_sched.get_last_lr()[0]}, step=done)
+                tracker.log_metrics({"loss": float(np.mean(losses[-50:])), "lr": lr_sched.get_last_lr()[0]}, step=done)
             if done % cfg.sample_every == 0 or done == cfg.steps:
                 ema.store(unet.parameters())
                 ema.copy_to(unet.parameters())
                 grid = sample_grid(unet, scheduler, 16, 50, cfg.seed)
                 ema.restore(unet.parameters())
-                run.log({"samples": wandb.Image(grid)}, step=done)
+                tracker.log_images({"samples": grid}, step=done)
             stop = cfg.stop_at is not None and done >= cfg.stop_at
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +182,7 @@ def train(cfg: DictConfig) -> dict:
                 ckpt_path.with_suffix(".tmp").replace(ckpt_path)
             if stop:
                 print(f"Stopped at step {done} (stop_at); continue with resume=true hydra.run.dir={out_dir}")
+                exit_code = 0
                 return {"steps": done}
         minutes = (time.time() - start) / 60
         export = Path(cfg.export_dir)
@@ -198,11 +197,15 @@ def train(cfg: DictConfig) -> dict:
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type.upper(),
         }
         write_card(export, cfg, info)
-        run.summary.update(info)
+        tracker.log_summary(info)
         print(f"Model written to {export}")
+        exit_code = 0
         return info
     finally:
-        run.finish()
+        tracker.finish(exit_code)
+        hint = tracker.console_hint()
+        if hint:
+            print(hint)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
