@@ -1,96 +1,85 @@
-"""Quality check of generated digits with a small MNIST classifier (not shipped as a metric).
+"""Quality check of generated digits with the shipped MNIST classifier.
 
-    python -m benchmarks.digits --mnist DIR --run RUN_DIR
+    python -m benchmarks.digits --run RUN_DIR [--mnist DIR] [--classifier DIR]
 
-trains the classifier on MNIST's training set (or loads ``--classifier`` if it exists), reports its
-test accuracy (it must reach 98 %), then classifies ``RUN_DIR/images/*.png`` (a ``task=generate``
-run) and writes the mean max-softmax confidence and the class histogram to ``RUN_DIR/digits.json``.
+classifies ``RUN_DIR/images/*.png`` (a ``task=generate`` run on 28-px gray images) with the classifier shipped in
+``diffexp/weights/mnist_classifier/`` (the one behind the ``mnist`` FID/KID features, loaded by
+``diffexp.models.classifier.load_classifier``) and writes the mean and minimum max-softmax confidence and the
+class histogram to ``RUN_DIR/digits.json``. With ``--mnist DIR`` (a folder with the MNIST idx files) it first
+measures the classifier's accuracy on the 10,000 test digits, which must reach 98 %; without it the accuracy
+reported is the one in the classifier's model card (``README.md`` next to its weights).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
-from diffexp.data.loaders import read_idx
+from diffexp.models.classifier import CLASSIFIER_DIR, MnistClassifier, load_classifier, predict
 
 MIN_ACCURACY = 0.98
+CARD_ACCURACY = re.compile(r"Test accuracy: ([0-9.]+) %")
 
 
-def classifier() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
-    )
+def card_accuracy(directory: Path) -> float | None:
+    """The test accuracy stated in the model card (``README.md``) of a classifier folder, or None."""
+    card = Path(directory) / "README.md"
+    found = CARD_ACCURACY.search(card.read_text()) if card.is_file() else None
+    return float(found.group(1)) / 100 if found else None
 
 
-def _split(mnist: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x = read_idx(next(mnist.glob(f"{name}-images*idx3-ubyte*")))
-    y = read_idx(next(mnist.glob(f"{name}-labels*idx1-ubyte*")))
-    return torch.from_numpy(x.copy()).float()[:, None] / 255 * 2 - 1, torch.from_numpy(y.copy()).long()
+def mnist_test_accuracy(model: MnistClassifier, mnist: Path) -> float:
+    """Accuracy on MNIST's 10,000 test digits (the ``t10k`` idx files in ``mnist``)."""
+    from diffexp.training.classifier import load_split
 
-
-def train(mnist: Path, epochs: int = 2, seed: int = 0) -> tuple[nn.Module, float]:
-    """Train on the 60k training digits ([-1, 1] inputs); return the model and its test accuracy."""
-    torch.manual_seed(seed)
-    x, y = _split(mnist, "train")
-    model = classifier()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(x)).split(128):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval(), accuracy(model, *_split(mnist, "t10k"))
+    x, y = load_split(str(mnist), "t10k")
+    return float((predict(model, x) == y).float().mean())
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((model(x).argmax(1) == y).float().mean())
-
-
-@torch.no_grad()
-def score(model: nn.Module, run_dir: Path) -> dict:
+def score(model: MnistClassifier, run_dir: Path, batch_size: int = 500) -> dict:
     """Mean max-softmax confidence and class histogram of the run's output PNGs."""
     files = sorted(p for p in (run_dir / "images").glob("*.png") if p.stem.isdigit())
+    if not files:
+        raise SystemExit(f"no output PNGs (<index>.png) in {run_dir / 'images'}")
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("L"), dtype=np.float32).copy()) for f in files])
-    probs = model(x[:, None] / 255 * 2 - 1).softmax(1)
+    if tuple(x.shape[1:]) != (28, 28):
+        raise SystemExit(f"{files[0]}: {x.shape[2]}×{x.shape[1]} px; the MNIST classifier needs 28×28 images")
+    x = x[:, None] / 255 * 2 - 1
+    probs = torch.cat([model(x[k : k + batch_size]).softmax(1) for k in range(0, len(x), batch_size)])
     conf, label = probs.max(1)
+    histogram = np.bincount(label.numpy(), minlength=10)
     return {
         "images": len(files),
         "mean_confidence": float(conf.mean()),
         "min_confidence": float(conf.min()),
-        "histogram": np.bincount(label.numpy(), minlength=10).tolist(),
-        "classes_present": int((np.bincount(label.numpy(), minlength=10) > 0).sum()),
+        "histogram": histogram.tolist(),
+        "classes_present": int((histogram > 0).sum()),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mnist", type=Path, required=True, help="folder with the MNIST idx files")
     parser.add_argument("--run", type=Path, required=True, help="output dir of a task=generate run")
-    parser.add_argument("--classifier", type=Path, default=Path("benchmarks/results/mnist_classifier.pt"))
+    parser.add_argument("--mnist", type=Path, help="folder with the MNIST idx files: measure the test accuracy")
+    parser.add_argument("--classifier", type=Path, default=CLASSIFIER_DIR,
+                        help="classifier folder (default: the shipped one)")
     args = parser.parse_args()
-    model = classifier()
-    if args.classifier.is_file():
-        model.load_state_dict(torch.load(args.classifier))
-        acc = accuracy(model.eval(), *_split(args.mnist, "t10k"))
+    model = load_classifier(args.classifier)
+    if args.mnist is not None:
+        acc, source = mnist_test_accuracy(model, args.mnist), "measured on the MNIST test set"
     else:
-        model, acc = train(args.mnist)
-        args.classifier.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), args.classifier)
-    if acc < MIN_ACCURACY:
+        acc, source = card_accuracy(args.classifier), "model card"
+    if acc is not None and acc < MIN_ACCURACY:
         raise SystemExit(f"classifier test accuracy {acc:.4f} < {MIN_ACCURACY}: not trustworthy")
-    result = {"classifier_test_accuracy": acc, **score(model, args.run)}
+    result = {"classifier": str(args.classifier), "classifier_test_accuracy": acc,
+              "classifier_test_accuracy_source": source, **score(model, args.run)}
     (args.run / "digits.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"gpu_{name}"
     result: dict[str, Any] = {
-        "machine": machine, "model": model.name, "params_m": sum(p.numel() for p in model.unet.parameters()) / 1e6,
-        "setup": f"{model.name} ({sum(p.numel() for p in model.unet.parameters()) / 1e6:.1f} M parameters), "
+        "machine": machine, "model": model.name, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+        "setup": f"{model.name} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters), "
         f"{args.warmup} warm-up + {args.steps} timed steps of the 1000-step grid per configuration, scaled to 1000 "
         "steps; dps: Gaussian deblur (61x61 at 256 px) std 3, zeta 1; peak memory: "
         "torch.cuda.max_memory_allocated over the timed window (weights included).",

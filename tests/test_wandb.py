@@ -79,7 +79,7 @@ def test_single_run_logs_summary_config_images_table_and_steps(tmp_path: Path) -
     assert config["sampler"]["num_steps"] == 3 and config["task"]["operator"]["sigma_y"] == 0.4  # ${task.sigma_y}
     assert config["model"]["_target_"] == "diffexp.models.diffusion.tiny_model"
     assert config["choices"] == {"model": "tiny", "sampler": "ddpm", "task": "denoise", "data": "synthetic",
-                                 "logger": "wandb"}
+                                 "logger": "wandb", "tuned": "denoise_ddpm"}
     assert config["overrides"]["sampler.num_steps"] == 3 and config["overrides"]["metrics.lpips"] is False
 
     records = inspect(run_dir, summary=False)
@@ -217,7 +217,7 @@ def test_training_tracker_records_metrics_images_and_summary_and_hints_the_uploa
 
     tracker = WandbRun(tmp_path, resume=False, mode="offline", project="p", job_type="train", config={"lr": 1e-3})
     tracker.log_metrics({"loss": 0.25, "lr": 1e-3}, step=50)
-    tracker.log_images({"samples": Image.new("L", (8, 8), color=200)}, step=50)
+    tracker.log_images({"samples": Image.new("L", (8, 8), color=200)}, step=100)
     tracker.log_summary({"final_loss": 0.2})
     tracker.finish(0)
     run_dir = offline_run(tmp_path)
@@ -225,7 +225,10 @@ def test_training_tracker_records_metrics_images_and_summary_and_hints_the_uploa
     info = inspect(run_dir, summary=True)
     assert info["run_id"] == (tmp_path / ".wandb_run_id").read_text().strip() and info["config"] == {"lr": 1e-3}
     summary = info["summary"]
-    assert summary["loss"] == 0.25 and summary["final_loss"] == 0.2 and summary["_step"] == 50
+    assert summary["loss"] == 0.25 and summary["final_loss"] == 0.2 and summary["_step"] == 100
+    history = [r["history"]["item"] for r in inspect(run_dir, summary=False) if r["type"] == "history"]
+    assert [(item["_step"], "loss" in item, "samples.path" in item) for item in history] == [(50, True, False),
+                                                                                             (100, False, True)]
     assert pixels(run_dir / "files" / summary["samples"]["path"]).max() == 200
     disabled = WandbRun(tmp_path / "off", resume=False, mode="disabled", project="p")
     disabled.finish(0)
