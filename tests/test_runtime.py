@@ -16,7 +16,7 @@ import diffexp
 from diffexp.runtime import resolve_device
 from diffexp.models.diffusion import tiny_model
 from diffexp.operators.blur import Blur
-from diffexp.rundir.recorder import image_name
+from diffexp.rundir.files import image_name
 from diffexp.samplers import base
 from diffexp.errors import SamplingDivergedError
 from diffexp.samplers.base import FiniteCheck

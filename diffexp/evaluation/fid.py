@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from diffexp.models.classifier import CLASSIFIER_DIR, MnistClassifier, load_classifier
 from diffexp.data.loaders import IMAGE_SUFFIXES, _load_image
 from diffexp.data.ranges import to_unit
-from diffexp.rundir.recorder import image_name, write_json
+from diffexp.rundir.files import image_name, write_json
 
 log = logging.getLogger(__name__)
 FEATURES = ("auto", "mnist", "inception")

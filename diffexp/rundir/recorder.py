@@ -22,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from diffexp.data.ranges import from_unit
+from diffexp.rundir.files import image_name, write_json
 from diffexp.errors import ConfigError
 from diffexp.rundir.images import comparison_grid, make_grid, save_png
 
@@ -29,10 +30,6 @@ log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips", "residual")
 # What decides an image's result: resume refuses an output dir written with other values of these.
 RESULT_SETTINGS = ("model", "sampler", "task", "data", "metrics", "seed", "runtime.dtype")
-
-
-def image_name(index: int, suffix: str = "") -> str:
-    return f"{index:05d}{suffix}.png"
 
 
 def summarize(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, dict[str, float | None]]:
@@ -104,13 +101,6 @@ def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def _finite_or_none(row: dict[str, Any]) -> dict[str, Any]:
     """JSON has no Inf/NaN: a non-finite value (PSNR of an exact match is +Inf) is stored as null."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (a crash never leaves a half-written file)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False))
-    os.replace(tmp, path)
 
 
 def _load_png(path: Path, channels: int) -> Tensor:

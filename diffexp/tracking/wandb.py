@@ -33,7 +33,7 @@ from PIL import Image
 
 from diffexp.evaluation.fid import summary_values
 from diffexp.rundir.images import make_grid
-from diffexp.rundir.recorder import image_name
+from diffexp.rundir.files import image_name
 from diffexp.tracking.report import PLOTTED, Report, parse_overrides, typed
 from diffexp.tracking.report import main as report_cli
 from diffexp.settings import Allowed, Finite, Ge, Gt, PositiveInt
