@@ -64,7 +64,7 @@ train-classifier: $(STAMP) ## Train the MNIST classifier of the mnist FID/KID fe
 	$(PY) -m diffexp.training.classifier data.path=$(DATA) $(ARGS)
 
 SWEEP := $(PY) run.py -m logger=none overwrite=true  # tune/table regenerate their fixed sweep dirs
-POSTERIOR = $$($(PY) -m diffexp.samplers.registry --posterior)  # every posterior sampler of conf/sampler/
+POSTERIOR = $$($(PY) -m diffexp.samplers --posterior)  # every posterior sampler of conf/sampler/
 
 tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<task>-<sampler>/summary.md
 	-$(SWEEP) task=denoise sampler=dps sampler.step_size=0.3,0.5,1 hydra.sweep.dir=outputs/tune/denoise-dps

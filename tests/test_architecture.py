@@ -127,19 +127,26 @@ def backproject(model, x, *, timesteps, generators, y=None, operator=None, callb
 '''
 
 
-@pytest.fixture
-def added_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of conf/ plus a sampler in a temporary module: its module, conf/sampler/ and conf/tuned/ files only."""
+def _conf_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, source: str, files: dict[str, str]) -> Path:
+    """A copy of conf/ plus ``files`` (paths under conf/), and ``source`` importable as ``module``."""
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
-    (tmp_path / "toy_samplers.py").write_text(NEW_SAMPLER)
-    (conf / "sampler" / "backproject.yaml").write_text(
-        "_target_: toy_samplers.backproject\n_partial_: true\nname: backproject\nnum_steps: 3\ngain: 1.0\n"
-    )
-    (conf / "tuned" / "deblur_backproject.yaml").write_text("# @package sampler\ngain: 0.5\n")
+    for name, text in files.items():
+        (conf / name).write_text(text)
+    (tmp_path / f"{module}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "toy_samplers", raising=False)
+    monkeypatch.delitem(sys.modules, module, raising=False)
     return conf
+
+
+@pytest.fixture
+def added_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A sampler in a temporary module plus its conf/sampler/ and conf/tuned/ files: nothing else."""
+    return _conf_with(tmp_path, monkeypatch, "toy_samplers", NEW_SAMPLER, {
+        "sampler/backproject.yaml": "_target_: toy_samplers.backproject\n_partial_: true\nname: backproject\n"
+                                    "num_steps: 3\ngain: 1.0\n",
+        "tuned/deblur_backproject.yaml": "# @package sampler\ngain: 0.5\n",
+    })
 
 
 def _cfg(conf: Path, overrides: list[str], out: Path):
@@ -237,16 +244,10 @@ class Square(Operator):
 
 @pytest.fixture
 def nonlinear_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    conf = tmp_path / "conf"
-    shutil.copytree(ROOT / "conf", conf)
-    (tmp_path / "toy_operators.py").write_text(NONLINEAR)
-    (conf / "task" / "square.yaml").write_text(
-        "name: square\nsigma_y: 0.05\noperator:\n  _target_: toy_operators.Square\n  _partial_: true\n"
-        "  sigma_y: ${task.sigma_y}\n"
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "toy_operators", raising=False)
-    return conf
+    return _conf_with(tmp_path, monkeypatch, "toy_operators", NONLINEAR, {
+        "task/square.yaml": "name: square\nsigma_y: 0.05\noperator:\n  _target_: toy_operators.Square\n"
+                            "  _partial_: true\n  sigma_y: ${task.sigma_y}\n",
+    })
 
 
 def test_a_sampler_needing_what_the_operator_lacks_is_refused_naming_those_that_can(
@@ -260,3 +261,15 @@ def test_a_sampler_needing_what_the_operator_lacks_is_refused_naming_those_that_
     ]
     result = diffexp.run(_cfg(nonlinear_task, ["task=square", "sampler=dps", "sampler.num_steps=2"], tmp_path / "dps"))
     assert result["num_finished"] == 2  # DPS differentiates through any A
+
+
+def test_the_sampler_list_for_make_comes_from_the_declarations() -> None:
+    """``python -m diffexp.samplers --posterior`` (make table/tune): every posterior sampler of conf/sampler/."""
+    import subprocess
+
+    from diffexp.samplers.registry import available
+
+    out = subprocess.run([sys.executable, "-m", "diffexp.samplers", "--posterior"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    expected = [n for n, s in available().items() if s.measurement]
+    assert out.split(",") == expected and "dps" in expected and "ddpm" not in expected

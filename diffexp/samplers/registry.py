@@ -10,7 +10,8 @@ would start SDEdit-style from the noisy image, one that forgot its network calls
 The run reads the declaration (``spec_of``), pairs it with the task's operator and noise model
 (``diffexp.validate.pairing_problems``) and checks the sampler's hyperparameters against the function's own
 annotations (``diffexp.settings``). ``available()`` lists the samplers of ``conf/sampler/`` with their
-declarations: the one list of samplers that ``make table``, the error messages and the tests use.
+declarations: the one list of samplers that ``make table`` (``python -m diffexp.samplers``), the error messages
+and the tests use.
 """
 
 from __future__ import annotations
@@ -126,15 +127,3 @@ def available(folder: Path = CONF_SAMPLERS) -> dict[str, SamplerSpec]:
             out[path.stem] = spec
     return out
 
-
-def main() -> None:
-    """``python -m diffexp.samplers.registry [--posterior]``: the samplers, comma-separated (for make)."""
-    import sys
-
-    specs = available()
-    names = [n for n, s in specs.items() if s.measurement or "--posterior" not in sys.argv]
-    print(",".join(names))
-
-
-if __name__ == "__main__":
-    main()
