@@ -23,6 +23,26 @@ class CheckpointMismatchError(ConfigError):
     the listed problems without a traceback)."""
 
 
+class DataError(ConfigError):
+    """Input images that cannot be used (missing, unreadable, too few): the user fixes the folder or
+    ``num_images``."""
+
+
+class UnsafeFileError(ConfigError):
+    """A file refused because reading it would need unpickling arbitrary Python objects (code): nothing from it
+    was run. A user error: ``run.py`` prints the message, with what to do instead, without a traceback."""
+
+
+class UnsupportedModelError(ConfigError):
+    """A model (its scheduler class or settings, or its UNet against its ``sample_size``) that diffexp would read
+    wrongly: refused at load time, before any compute, naming each key, its value and what is allowed."""
+
+
+class RunDirError(ConfigError):
+    """The run directory could not be written while the run went on: the disk is full, or the directory was
+    deleted or made unwritable mid-run. The user fixes it on disk (``run.py`` prints it without a traceback)."""
+
+
 class SamplingDivergedError(FloatingPointError):
     """NaN or Inf appeared in x_t or x̂0 during sampling."""
 

@@ -86,3 +86,18 @@ def test_bfloat16_training_runs_and_stays_close_to_float32(tmp_path: Path) -> No
     assert torch.isfinite(torch.tensor(half["final_loss"]))
     assert half["final_loss"] != full["final_loss"]  # the forward pass really ran in bfloat16
     assert abs(half["final_loss"] - full["final_loss"]) < 0.1 * full["final_loss"]
+
+
+def test_settings_that_would_make_a_wrong_model_are_refused_before_training(tmp_path: Path) -> None:
+    """A size the UNet cannot down-sample (9 px, one down-sampling), an objective this loop does not train, and a
+    schedule diffexp cannot sample: all listed at once, before any step (no checkpoint is written)."""
+    data = _images(tmp_path / "data")
+    cfg = _cfg(data, tmp_path / "run", "data.size=9", "scheduler.prediction_type=sample",
+               "+scheduler.rescale_betas_zero_snr=true")
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    message = str(info.value)
+    assert "sample_size=9" in message and "multiples of 2" in message
+    assert "prediction_type='sample' is not trained here; allowed: 'epsilon'" in message
+    assert "rescale_betas_zero_snr=True" in message and "zero terminal SNR" in message
+    assert not (tmp_path / "run" / "checkpoints").exists()

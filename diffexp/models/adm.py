@@ -17,7 +17,8 @@ from 1e-4 to 0.02, T = 1000, ``variance_type: learned_range``, ``clip_sample: tr
 
 ``model=adm_ffhq256 model.checkpoint=ffhq_10m.pt`` converts on first use and caches the folder under
 ``$XDG_CACHE_HOME/diffexp/adm/<preset>-<sha256 of the .pt>`` (``~/.cache`` when unset; ``model.cache_dir``
-moves it). Nothing is downloaded.
+moves it). Nothing is downloaded. The ``.pt`` is read as tensors only: one that would need unpickling code is
+refused before any of it runs (its tensors saved as ``.safetensors`` on a trusted machine are read instead).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
 from diffexp.errors import CheckpointMismatchError, ConfigError
-from diffexp.models.diffusion import DiffusionModel, load_folder
+from diffexp.models.diffusion import UNSAFE_FILE_ADVICE, DiffusionModel, load_folder, load_tensors
 
 
 @dataclass(frozen=True)
@@ -239,9 +240,22 @@ def convert_state_dict(state: dict[str, Tensor], arch: ADMArchitecture, *, label
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """A guided-diffusion ``.pt`` state dict (tensors only, never pickled code); a ``{"state_dict": ...}``
-    or ``{"model": ...}`` wrapper is unwrapped."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    """A guided-diffusion ``.pt`` state dict, or the same tensors as ``.safetensors``; a ``{"state_dict": ...}``
+    or ``{"model": ...}`` wrapper is unwrapped. Never unpickled code: a ``.pt`` that would need it is refused
+    (``UnsafeFileError``) before any of it runs."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise ConfigError([f"ADM checkpoint {path} cannot be read as safetensors ({err})"],
+                              title="unreadable file") from None
+    state = load_tensors(path, what="ADM checkpoint", advice=(
+        f"{UNSAFE_FILE_ADVICE}, e.g. as {path.with_suffix('.safetensors')}, and pass that file as "
+        "model.checkpoint (or to `python -m diffexp.models.adm`)."))
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -315,7 +329,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m diffexp.models.adm", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="guided-diffusion UNet state dict (.pt)")
+    parser.add_argument("checkpoint", help="guided-diffusion UNet state dict (.pt, or its tensors as .safetensors)")
     parser.add_argument("out_dir", help="diffusers folder to write (config.json, weights, scheduler_config.json)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="a known architecture; flags below override it")
     defaults = ADMArchitecture()

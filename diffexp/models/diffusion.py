@@ -9,10 +9,15 @@ Learned-variance (``learned_range``) models such as the ADM checkpoints (``diffe
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import os
+import pickle
+import re
 import socket
+import zipfile
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -24,7 +29,8 @@ from diffusers import ConfigMixin, DDPMScheduler, UNet2DModel
 from diffusers.utils import is_accelerate_available
 from torch import Tensor, nn
 
-from diffexp.errors import ConfigError, ModelUnavailableError
+from diffexp.errors import ConfigError, ModelUnavailableError, UnsafeFileError, UnsupportedModelError
+from diffexp.models.schedule import alphas_cumprod_problems
 
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -32,7 +38,26 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 NO_FLOAT64_DEVICES = ("mps",)  # device types without float64 tensors: the schedule goes there in float32
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 AUTOCAST_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-UNSUPPORTED_SCHEDULER_FLAGS = ("thresholding", "rescale_betas_zero_snr")  # dynamic thresholding; ᾱ_T = 0
+# The scheduler config diffexp reads. diffusers computes ᾱ from beta_schedule (or trained_betas), which diffexp
+# uses as it is; timestep_spacing and steps_offset only shape diffusers' own inference grid, which diffexp
+# replaces with its own (sampler.num_steps), so any value diffusers knows is accepted.
+SCHEDULER_CLASS = "DDPMScheduler"
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+SCHEDULER_DEFAULTS = {name: p.default for name, p in inspect.signature(DDPMScheduler.__init__).parameters.items()
+                      if name != "self"}
+IGNORED_SCHEDULER_KEYS = ("tensor_format",)  # old diffusers: numpy or torch arrays, no effect on the schedule
+NOT_YET = (  # scheduler class names of model families diffexp does not implement yet
+    ("FlowMatch", "a flow matching model (rectified flow: x_t = (1 − t)·x0 + t·ε)"),
+    ("EDM", "an EDM model (Karras et al. 2022: σ-parametrised, x_t = x0 + σ·ε)"),
+    ("ScoreSdeVe", "a variance-exploding score SDE model (Song et al. 2021: x_t = x0 + σ_t·ε)"),
+    ("KarrasVe", "a variance-exploding model (Karras et al. 2022: x_t = x0 + σ_t·ε)"),
+)
+UNSAFE_FILE_ADVICE = (
+    "If you trust the file's source, convert it on a trusted machine, in an environment you can throw away, into "
+    "a tensors-only file: load its state dict there and write it with safetensors "
+    "(`safetensors.torch.save_file(state_dict, PATH)`, tensors only)"
+)
 
 
 class DiffusionModel(nn.Module):
@@ -54,13 +79,10 @@ class DiffusionModel(nn.Module):
     ) -> None:
         super().__init__()
         cfg = scheduler.config
-        if cfg.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type={cfg.prediction_type!r} is not supported; allowed: {PREDICTION_TYPES}")
-        if cfg.variance_type not in VARIANCE_TYPES:
-            raise ValueError(f"variance_type={cfg.variance_type!r} is not supported; allowed: {VARIANCE_TYPES}")
-        for key in UNSUPPORTED_SCHEDULER_FLAGS:
-            if getattr(cfg, key, False):
-                raise ValueError(f"scheduler {key}=True is not supported by diffexp; allowed: {key}=False")
+        problems = scheduler_problems({"_class_name": type(scheduler).__name__, **cfg})
+        problems = problems or alphas_cumprod_problems(scheduler.alphas_cumprod)
+        if problems:
+            raise UnsupportedModelError(problems, title=f"scheduler of model {name!r} not supported")
         self._image_shape = _image_shape(unet, cfg.variance_type, image_shape)
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
@@ -98,11 +120,12 @@ class DiffusionModel(nn.Module):
         return self
 
     def problems(self) -> list[str]:
-        """The model's own checks: square images."""
+        """The model's own checks: square images, of a size its UNet can down-sample and up-sample back."""
         _, h, w = self._image_shape
+        problems = downsampling_problems(self.unet, (h, w))
         if h != w:
-            return [f"model: sample_size=[{h}, {w}] is not square; diffexp supports square images only"]
-        return []
+            problems.insert(0, f"model: sample_size=[{h}, {w}] is not square; diffexp supports square images only")
+        return problems
 
     @property
     def num_train_timesteps(self) -> int:
@@ -186,16 +209,136 @@ def _image_shape(
     config = unet.config
     factor = 2 if variance_type == "learned_range" else 1
     if config.out_channels != factor * config.in_channels:
-        raise ValueError(
+        raise UnsupportedModelError([
             f"UNet out_channels={config.out_channels} with in_channels={config.in_channels} does not fit "
             f"variance_type={variance_type!r}: allowed is out_channels = {factor} x in_channels"
-        )
+        ], title="model read wrongly")
     size = config.sample_size
     h, w = size if isinstance(size, (tuple, list)) else (size, size)
     shape = (int(config.in_channels), int(h), int(w))
     if image_shape is not None and tuple(image_shape) != shape:
         raise ValueError(f"image_shape={tuple(image_shape)} disagrees with the UNet config's {shape}")
     return shape
+
+
+def downsampling_problems(unet: nn.Module, size: tuple[int, int]) -> list[str]:
+    """``sample_size`` against the UNet's down-sampling blocks: each halves the image and the up-sampling path
+    doubles it back onto the skip connections, so each side must be a multiple of 2^(number of down-samplings)
+    (a diffusers ``UNet2DModel``: every down block but the last). Nothing for a network without down blocks."""
+    blocks = getattr(unet, "down_blocks", None)
+    if blocks is None:
+        return []
+    n = sum(getattr(block, "downsamplers", None) is not None for block in blocks)
+    step = 2**n
+    if all(side % step == 0 for side in size):
+        return []
+    shown = size[0] if size[0] == size[1] else list(size)
+    return [f"model: sample_size={shown} cannot pass the UNet's {n} down-sampling blocks ({len(blocks)} down blocks, "
+            f"each but the last halving the image, which the up-sampling path doubles back): allowed sample sizes "
+            f"are multiples of {step} = 2^{n} ({step}, {2 * step}, {3 * step}, ...); use a UNet with fewer down "
+            "blocks for this size"]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _allowed(values: tuple[str, ...]) -> str:
+    return ", ".join(map(repr, values))
+
+
+def _class_problem(name: Any) -> str | None:
+    if name == SCHEDULER_CLASS:
+        return None
+    family = next((what for prefix, what in NOT_YET if isinstance(name, str) and name.startswith(prefix)), None)
+    why = (f"{family}: not supported yet; diffexp implements discrete-time DDPM (variance-preserving) models only"
+           if family else "diffexp implements DDPM schedules only and does not read this class's settings")
+    return f"scheduler _class_name={name!r}; allowed: {SCHEDULER_CLASS!r} ({why})"
+
+
+def scheduler_problems(config: Mapping[str, Any]) -> list[str]:
+    """Every setting of a scheduler config (``scheduler_config.json``, or a ``DDPMScheduler``'s ``config``, with
+    ``_class_name``) that diffexp would read wrongly, each naming the key, its value and what is allowed. Keys a
+    ``DDPMScheduler`` does not take are refused too: diffusers would ignore them without a word."""
+    wrong_class = _class_problem(config.get("_class_name"))
+    if wrong_class:  # its other keys are another class's settings
+        return [wrong_class]
+    problems: list[str] = []
+    cfg = {**SCHEDULER_DEFAULTS, **config}
+
+    def bad(key: str, allowed: str, why: str = "") -> None:
+        problems.append(f"scheduler {key}={cfg[key]!r} is not supported{why}; allowed: {allowed}")
+
+    if cfg["prediction_type"] not in PREDICTION_TYPES:
+        bad("prediction_type", _allowed(PREDICTION_TYPES))
+    if cfg["variance_type"] not in VARIANCE_TYPES:
+        bad("variance_type", _allowed(VARIANCE_TYPES))
+    for key in ("clip_sample", "thresholding", "rescale_betas_zero_snr"):
+        if not isinstance(cfg[key], bool):
+            bad(key, "true or false (a JSON boolean)")
+    if cfg["thresholding"] is True:
+        bad("thresholding", "thresholding=False", ": diffexp does not implement dynamic thresholding (Imagen)")
+    if cfg["rescale_betas_zero_snr"] is True:
+        bad("rescale_betas_zero_snr", "rescale_betas_zero_snr=False",
+            ": it rescales the betas to zero terminal SNR (ᾱ_T = 0: x_T is pure noise, and x̂0 and the score at T "
+            "are undefined), which diffexp's samplers and x̂0 = (x_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t) cannot use")
+    if cfg["timestep_spacing"] not in TIMESTEP_SPACINGS:
+        bad("timestep_spacing", _allowed(TIMESTEP_SPACINGS) + " (diffexp uses its own time grid in any case)")
+    if not _is_int(cfg["steps_offset"]) or cfg["steps_offset"] < 0:
+        bad("steps_offset", "an integer >= 0")
+    if not _is_int(cfg["num_train_timesteps"]) or cfg["num_train_timesteps"] < 1:
+        bad("num_train_timesteps", "an integer >= 1")
+    if not _is_number(cfg["clip_sample_range"]) or cfg["clip_sample_range"] <= 0:
+        bad("clip_sample_range", "a number > 0")
+    betas = cfg["trained_betas"]
+    betas = betas.tolist() if hasattr(betas, "tolist") else betas  # a numpy array or tensor passed in Python
+    if betas is None:
+        if cfg["beta_schedule"] not in BETA_SCHEDULES:
+            bad("beta_schedule", _allowed(BETA_SCHEDULES) + ", or trained_betas")
+        for key in ("beta_start", "beta_end"):
+            if not _is_number(cfg[key]):
+                bad(key, "a number")
+    elif not isinstance(betas, (list, tuple)) or not all(_is_number(b) for b in betas):
+        problems.append(f"scheduler trained_betas={str(betas)[:60]!r} is not supported; allowed: null or a list of "
+                        "numbers, one per training timestep")
+    elif len(betas) != cfg["num_train_timesteps"]:
+        problems.append(f"scheduler trained_betas has {len(betas)} values but num_train_timesteps="
+                        f"{cfg['num_train_timesteps']!r}; allowed: one beta per training timestep")
+    for key in sorted(set(config) - set(SCHEDULER_DEFAULTS)):
+        if key.startswith("_") or key in IGNORED_SCHEDULER_KEYS:
+            continue
+        if key == "predict_epsilon":  # old diffusers: predict_epsilon=False meant a sample-predicting model
+            problems.append(f"scheduler predict_epsilon={config[key]!r} is an old diffusers key that diffusers now "
+                            "ignores (the model would be read as prediction_type='epsilon'); allowed: remove it and "
+                            "set prediction_type ('epsilon' for predict_epsilon=true, 'sample' for false)")
+        else:
+            problems.append(f"scheduler {key}={config[key]!r} is not a DDPMScheduler setting (diffusers would ignore "
+                            "it, and the model might be read wrongly); allowed: only DDPMScheduler's keys "
+                            f"({', '.join(SCHEDULER_DEFAULTS)})")
+    return problems
+
+
+def load_tensors(path: Path, *, what: str, advice: str, mmap: bool = False) -> Any:
+    """``path`` read as tensors and plain containers only (torch's restricted unpickler): never unpickled code. A
+    file that would need more is refused with ``UnsafeFileError`` (nothing from it ran; ``advice`` says what to
+    do), one that cannot be read with ``ConfigError``. ``mmap``: map the tensors of a zip-format file instead of
+    reading them (a check that the file is safe costs no memory)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:  # its text would advise loading the file as arbitrary code
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # the object it would import and call
+        why = (f"reading it needs unpickling arbitrary Python objects (code, here {found.group(1)})" if found else
+               "it is not a tensors-only file: reading it would need unpickling arbitrary Python objects (code), "
+               "or it is corrupt")
+        raise UnsafeFileError([f"{what} {path} was refused: {why}, which diffexp never does; no code from it was "
+                               f"run. {advice}"], title="unsafe file refused") from None
+    except (RuntimeError, KeyError, EOFError, ValueError, IndexError) as err:
+        raise ConfigError([f"{what} {path} cannot be read: not a torch file of tensors, or corrupt or truncated "
+                           f"({type(err).__name__}). {advice}"], title="unreadable file") from None
 
 
 def tiny_unet(sample_size: int = 16, channels: int = 3, seed: int = 0) -> UNet2DModel:
@@ -240,10 +383,19 @@ def load_folder(folder: Path, name: str) -> DiffusionModel:
     sched_dir = _find(folder, ("scheduler_config.json",), "scheduler")
     if sched_dir is None:
         raise FileNotFoundError(f"model folder {folder} has no scheduler_config.json at its root or in scheduler/")
-    scheduler_class = json.loads((sched_dir / "scheduler_config.json").read_text()).get("_class_name")
-    if scheduler_class != "DDPMScheduler":
-        raise ConfigError([f"model folder {folder}: scheduler_config.json has _class_name={scheduler_class!r}; "
-                           "allowed: 'DDPMScheduler' (diffexp implements DDPM schedules only)"])
+    sched_file = sched_dir / "scheduler_config.json"
+    try:
+        sched_config = json.loads(sched_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError([f"{sched_file} is not valid JSON ({err})"], title="model folder unreadable") from None
+    problems = (scheduler_problems(sched_config) if isinstance(sched_config, dict)
+                else [f"{sched_file} holds {type(sched_config).__name__}, not a JSON object of scheduler settings"])
+    if problems:
+        raise UnsupportedModelError(problems, title=f"model folder {folder}: its scheduler_config.json is not "
+                                                     "supported")
+    if not (unet_dir / WEIGHT_FILES[0]).is_file():  # diffusers would unpickle the .bin: refuse it if that needs code
+        load_tensors(unet_dir / WEIGHT_FILES[1], what="UNet weights", advice=(
+            f"{UNSAFE_FILE_ADVICE} as {unet_dir / WEIGHT_FILES[0]}, next to config.json."), mmap=True)
     # without accelerate, diffusers' default low_cpu_mem_usage=True falls back to False with a warning
     unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=is_accelerate_available())
     scheduler = DDPMScheduler.from_pretrained(sched_dir)

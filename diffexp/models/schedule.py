@@ -51,3 +51,27 @@ def sdedit_start(alphas_cumprod: Tensor, sigma: float) -> int:
     """Timestep whose VE noise level sqrt((1 − ᾱ_t)/ᾱ_t) is closest to ``sigma`` (SDEdit, Meng et al. 2022)."""
     levels = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
     return int((levels - sigma).abs().argmin())
+
+
+def alphas_cumprod_problems(alphas_cumprod: Tensor) -> list[str]:
+    """What makes ᾱ unusable: x̂0 divides by sqrt(ᾱ_t) and the score by sqrt(1 − ᾱ_t), so every ᾱ_t must be
+    finite, in (0, 1) and non-increasing in t. ᾱ_t = 0 (β_t = 1) is a zero terminal SNR schedule."""
+    ab = alphas_cumprod.double()
+    if ab.numel() == 0:
+        return ["scheduler: the schedule is empty (no training timestep); allowed: at least one"]
+    if not torch.isfinite(ab).all():
+        t = int((~torch.isfinite(ab)).nonzero()[0])
+        return [f"scheduler: ᾱ_t is not finite at t = {t} (betas must be numbers in (0, 1)); allowed: finite ᾱ"]
+    if (ab <= 0).any():
+        t = int((ab <= 0).nonzero()[0])
+        return [f"scheduler: ᾱ_t = {float(ab[t]):.3g} at t = {t} of {ab.numel()}: a zero terminal SNR schedule "
+                "(β_t = 1, x_t pure noise, x̂0 undefined), which diffexp does not support; allowed: 0 < ᾱ_t < 1 "
+                "at every t"]
+    if (ab >= 1).any():
+        t = int((ab >= 1).nonzero()[0])
+        return [f"scheduler: ᾱ_t = {float(ab[t]):.3g} at t = {t} (β_t <= 0: no noise, the score is undefined); "
+                "allowed: 0 < ᾱ_t < 1 at every t"]
+    if (ab[1:] > ab[:-1]).any():
+        t = int((ab[1:] > ab[:-1]).nonzero()[0]) + 1
+        return [f"scheduler: ᾱ_t increases at t = {t} (β_t < 0); allowed: betas in (0, 1), ᾱ non-increasing"]
+    return []

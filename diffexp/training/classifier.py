@@ -23,6 +23,7 @@ from diffexp.models.classifier import WEIGHTS_FILE, MnistClassifier, predict
 from diffexp.data.loaders import read_idx
 from diffexp.data.ranges import from_unit
 from diffexp.evaluation.fid import MNIST_REFERENCE, MnistFeatures, ReferenceStats, extract, fid_kid, kid_sample_indices
+from diffexp.cli import hydra_main
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -160,4 +161,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_main(main)

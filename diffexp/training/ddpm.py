@@ -28,16 +28,16 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from diffexp.cli import clean_errors
+from diffexp.cli import clean_errors, hydra_main
 from diffexp.data.loaders import folder, read_idx
 from diffexp.data.ranges import from_unit
 from diffexp.errors import ConfigError
 from diffexp.runtime import resolve_device
 from diffexp.rundir.images import make_grid
 from diffexp.tracking.wandb import WandbRun
-from diffexp.models.diffusion import DiffusionModel
+from diffexp.models.diffusion import DiffusionModel, downsampling_problems, load_tensors, scheduler_problems
 from diffexp.samplers.ddpm import ddpm
-from diffexp.models.schedule import respaced_timesteps
+from diffexp.models.schedule import alphas_cumprod_problems, respaced_timesteps
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # float16 would need loss scaling
@@ -69,8 +69,42 @@ def sample_grid(unet: UNet2DModel, scheduler: DDPMScheduler, n: int, steps: int,
     return make_grid(x, nrow=int(np.ceil(np.sqrt(n))))
 
 
+CHECKPOINT_KEYS = ("unet", "ema", "opt", "lr_sched", "rng", "step", "losses", "elapsed")
+
+
 def _rng_state(g_data: torch.Generator, g_noise: torch.Generator) -> dict:
+    """The generators' states: uint8 tensors, which the tensors-only loader reads."""
     return {"data": g_data.get_state(), "noise": g_noise.get_state(), "torch": torch.get_rng_state()}
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The training checkpoint ``path`` read as tensors and plain values only: a file that would need unpickling
+    code (an old or crafted pickle) is refused before any of it runs, and one without diffexp's keys is named."""
+    advice = (f"To continue, start a fresh training run in a new output directory (without resume=true), or "
+              f"delete {path} and run here again without resume=true; checkpoints diffexp writes are never refused.")
+    state = load_tensors(path, what="training checkpoint", advice=advice)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    rng = state.get("rng") if isinstance(state, dict) else None
+    rng_ok = isinstance(rng, dict) and all(isinstance(rng.get(k), Tensor) for k in ("data", "noise", "torch"))
+    if missing or not rng_ok:
+        raise ConfigError([f"{path} is not a diffexp training checkpoint (missing or malformed: "
+                           f"{', '.join(missing) or 'rng'}). {advice}"], title="training checkpoint refused")
+    return state
+
+
+def training_problems(unet: UNet2DModel, scheduler: DDPMScheduler, size: int) -> list[str]:
+    """What would make the trained model unusable or read wrongly, before any training step: a schedule diffexp
+    does not implement, an objective this loop does not train (it trains ε-prediction, fixed variance), or a size
+    the UNet cannot down-sample."""
+    config = {"_class_name": type(scheduler).__name__, **scheduler.config}
+    problems = scheduler_problems(config) or alphas_cumprod_problems(scheduler.alphas_cumprod)
+    if config["prediction_type"] != "epsilon":
+        problems.append(f"scheduler.prediction_type={config['prediction_type']!r} is not trained here; allowed: "
+                        "'epsilon' (this loop trains ε-prediction)")
+    if config["variance_type"] == "learned_range":
+        problems.append("scheduler.variance_type='learned_range' is not trained here; allowed: 'fixed_small' or "
+                        "'fixed_large' (this loop learns no variance)")
+    return problems + downsampling_problems(unet, (size, size))
 
 
 def write_card(out: Path, cfg: DictConfig, info: dict) -> None:
@@ -113,6 +147,9 @@ def train(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     unet: UNet2DModel = instantiate(cfg.unet, _convert_="all").to(device)
     scheduler: DDPMScheduler = instantiate(cfg.scheduler, _convert_="all")
+    problems = training_problems(unet, scheduler, int(cfg.data.size))
+    if problems:
+        raise ConfigError(problems)
     ema = EMAModel(unet.parameters(), decay=cfg.ema.decay, use_ema_warmup=True, power=cfg.ema.power)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     lr_sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
@@ -125,7 +162,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"resume=true but there is no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, weights_only=False, map_location="cpu")  # RNG states stay CPU tensors
+        state = load_checkpoint(ckpt_path)  # on the CPU: the RNG states stay CPU tensors
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         ema.to(device)
@@ -173,10 +210,10 @@ def train(cfg: DictConfig) -> dict:
             stop = cfg.stop_at is not None and done >= cfg.stop_at
             if done % cfg.checkpoint_every == 0 or done == cfg.steps or stop:
                 ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-                state = {
+                state = {  # tensors and plain Python values only: ``load_checkpoint`` reads it without unpickling code
                     "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                     "lr_sched": lr_sched.state_dict(), "rng": _rng_state(g_data, g_noise), "step": done,
-                    "losses": losses, "elapsed": time.time() - start,
+                    "losses": [float(v) for v in losses], "elapsed": float(time.time() - start),
                 }
                 torch.save(state, ckpt_path.with_suffix(".tmp"))
                 ckpt_path.with_suffix(".tmp").replace(ckpt_path)
@@ -214,4 +251,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_main(main)
