@@ -18,7 +18,7 @@ signal.signal(signal.SIGINT, _interrupted)
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from diffexp.cli import job  # noqa: E402
+from diffexp.cli import hydra_main, job  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -27,4 +27,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    hydra_main(main)

@@ -119,3 +119,14 @@ def problems(
             if name in bad and name in values
         ]
     return []
+
+
+def valid_values(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are fields of ``model`` and pass them: what a check of several settings at
+    once may rely on (``problems`` reports the others)."""
+    try:
+        model.model_validate(values)
+        bad: set[Any] = set()
+    except ValidationError as err:
+        bad = {e["loc"][0] for e in err.errors() if e["loc"]}
+    return {k: v for k, v in values.items() if k in model.model_fields and k not in bad}

@@ -27,7 +27,7 @@ from diffexp.run_settings import DEVICE, RunSettings, RuntimeSettings, TaskSetti
 from diffexp.runtime import resolve_device
 from diffexp.samplers.registry import GRID_KEYS, PROVIDED, GridSettings, SamplerSpec, available, spec_of
 from diffexp.settings import problems as settings_problems
-from diffexp.settings import settings_model
+from diffexp.settings import settings_model, valid_values
 
 # Arguments that run() passes itself, per ``_target_`` group: never settable from the config.
 PROVIDED_BY_RUN = {
@@ -123,17 +123,15 @@ def _group_problems(cfg: DictConfig, path: str) -> tuple[list[str], Callable[...
     return problems, target
 
 
-def _path_problems(cfg: DictConfig) -> list[str]:
-    """Input folders named in the config (``data.path``) must exist."""
-    path = OmegaConf.select(cfg, "data.path", default=None)
-    if not isinstance(path, str):
+def _data_problems(cfg: DictConfig, loader: Callable[..., Any] | None) -> list[str]:
+    """The data loader's own check (``diffexp.data.loaders.checked_by``) of its valid settings against
+    ``num_images``: unreadable files and too few images are found here, before the model loads."""
+    check = getattr(loader, "check", None)
+    num_images = cfg.get("num_images")
+    if check is None or isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
         return []
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        return [f"data.path={path!r}: no such folder"]
-    if not folder.is_dir():
-        return [f"data.path={path!r} is a file; allowed: a folder of PNG/JPEG images"]
-    return []
+    values = {k: v for k, v in _scalars(cfg.data).items() if not (k.startswith("_") and k.endswith("_"))}
+    return check(num_images=num_images, **valid_values(settings_model(loader, PROVIDED_BY_RUN["data"]), values))
 
 
 def _names(specs: dict[str, SamplerSpec]) -> str:
@@ -175,23 +173,25 @@ def pairing_problems(
 
 def _device_problems(cfg: DictConfig, spec: SamplerSpec | None) -> list[str]:
     """The device must exist here; float16 is refused on the CPU (no kernels) and for samplers that backpropagate
-    through the network."""
+    through the network. An unavailable device is reported together with the dtype problem it would have on the
+    device that is available (``auto``), so that one try finds both."""
     name = OmegaConf.select(cfg, "runtime.device")
     if not (isinstance(name, str) and DEVICE.fullmatch(name)):
         return []  # reported by the runtime settings
+    problems: list[str] = []
     try:
         device = resolve_device(name)
     except ConfigError as err:
-        return err.problems
+        problems, device = err.problems, resolve_device("auto")
     if OmegaConf.select(cfg, "runtime.dtype") != "float16":
-        return []
+        return problems
     if device.type == "cpu":
-        return ["runtime.dtype=float16 on the CPU: about 10x slower than float32 (no float16 CPU kernels); "
-                "allowed on CPU: float32, bfloat16"]
+        problems.append("runtime.dtype=float16 on the CPU: about 10x slower than float32 (no float16 CPU kernels); "
+                        "allowed on CPU: float32, bfloat16")
     if spec is not None and spec.unet_grad:
-        return [f"runtime.dtype=float16 with sampler={cfg.sampler.name}: it backpropagates through the UNet, "
-                "which float16 underflows without loss scaling; allowed: float32, bfloat16"]
-    return []
+        problems.append(f"runtime.dtype=float16 with sampler={cfg.sampler.name}: it backpropagates through the UNet, "
+                        "which float16 underflows without loss scaling; allowed: float32, bfloat16")
+    return problems
 
 
 def config_problems(cfg: DictConfig) -> list[str]:
@@ -222,7 +222,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
         if operator_cls is not None or not has_operator:
             problems += pairing_problems(str(cfg.sampler.get("name")), spec, str(cfg.task.get("name")), operator_cls,
                                          sdedit=cfg.task.get("sdedit", False) is True)
-    return list(dict.fromkeys(problems + _device_problems(cfg, spec) + _path_problems(cfg)))  # sigma_y: twice
+    problems += _device_problems(cfg, spec) + _data_problems(cfg, targets["data"])
+    return list(dict.fromkeys(problems))  # task.sigma_y is also checked as task.operator.sigma_y
 
 
 def validate(cfg: DictConfig) -> None:
@@ -232,22 +233,70 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(problems)
 
 
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _model_file(model_cfg: DictConfig, names: tuple[str, ...]) -> dict[str, Any] | None:
+    """The first of ``names`` (relative to the local model folder ``model.pretrained``) that reads as a JSON
+    object; None for other models."""
+    path = OmegaConf.select(model_cfg, "pretrained", default=None)
+    if not isinstance(path, str):
+        return None
+    folder = Path(path).expanduser()
+    return next((found for name in names if (found := _json(folder / name)) is not None), None)
+
+
 def peek_num_train_timesteps(model_cfg: DictConfig) -> int | None:
     """The model's T without loading it: from ``scheduler_config.json`` of a local model folder (root or
     ``scheduler/``), 1000 for ``model=tiny``; None when it cannot be known without loading."""
     if str(model_cfg.get("_target_", "")).endswith(".tiny_model"):
         return 1000
-    path = OmegaConf.select(model_cfg, "pretrained", default=None)
-    if not isinstance(path, str):
+    scheduler = _model_file(model_cfg, ("scheduler_config.json", "scheduler/scheduler_config.json"))
+    value = (scheduler or {}).get("num_train_timesteps", 1000)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def peek_image_shape(model_cfg: DictConfig) -> tuple[int, int, int] | None:
+    """The model's (C, H, W) without loading it: from the UNet's ``config.json`` of a local model folder (root or
+    ``unet/``), or ``model=tiny``'s settings; None when it cannot be known without loading."""
+    if str(model_cfg.get("_target_", "")).endswith(".tiny_model"):
+        unet = {"sample_size": model_cfg.get("sample_size"), "in_channels": model_cfg.get("channels")}
+    else:
+        unet = _model_file(model_cfg, ("config.json", "unet/config.json")) or {}
+    size, channels = unet.get("sample_size"), unet.get("in_channels")
+    if isinstance(size, list) and len(size) == 2:
+        size = size if all(isinstance(v, int) for v in size) else None
+    elif isinstance(size, int) and not isinstance(size, bool):
+        size = [size, size]
+    else:
+        size = None
+    if size is None or not isinstance(channels, int) or isinstance(channels, bool):
         return None
-    folder = Path(path).expanduser()
-    for candidate in (folder / "scheduler_config.json", folder / "scheduler" / "scheduler_config.json"):
-        if candidate.is_file():
-            try:
-                return int(json.loads(candidate.read_text()).get("num_train_timesteps", 1000))
-            except (json.JSONDecodeError, TypeError, ValueError):
-                return None
-    return None
+    return channels, size[0], size[1]
+
+
+def unloaded_model_problems(cfg: DictConfig) -> list[str]:
+    """The checks of ``model_problems`` that the model's files allow without loading it (the grid against its T,
+    the operator against its image shape): reported with the config's problems, so one try finds them all."""
+    T, shape = peek_num_train_timesteps(cfg.model), peek_image_shape(cfg.model)
+    problems = grid_problems(cfg.sampler, T) if T is not None else []
+    return problems + (_operator_problems(cfg, shape) if shape is not None else [])
+
+
+def _operator_problems(cfg: DictConfig, image_shape: tuple[int, int, int]) -> list[str]:
+    operator = cfg.task.get("operator")
+    if not isinstance(operator, DictConfig) or "_target_" not in operator:
+        return []
+    try:
+        cls = get_object(operator._target_)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []  # reported by config_problems
+    return cls.check(image_shape, _scalars(operator)) if hasattr(cls, "check") else []
 
 
 def grid_problems(sampler: DictConfig, T: int) -> list[str]:
@@ -265,11 +314,7 @@ def model_problems(cfg: DictConfig, model: Any) -> list[str]:
     """Checks that need the loaded model: its own (``model.problems()``), the grid against its T, and the
     operator's checks against its image shape (``Operator.check``)."""
     problems = model.problems() + grid_problems(cfg.sampler, model.num_train_timesteps)
-    operator = cfg.task.get("operator")
-    if operator is not None:
-        cls = get_object(operator._target_)
-        problems += cls.check(model.image_shape, _scalars(operator))
-    return problems
+    return problems + _operator_problems(cfg, model.image_shape)
 
 
 def validate_data(images: torch.Tensor, cfg: DictConfig, shape: tuple[int, int, int]) -> None:

@@ -216,15 +216,15 @@ def _file_case(case: str, tmp_path: Path) -> tuple[list[str], type[BaseException
         return ["model=pretrained", f"model.pretrained={tmp_path}/nope"], FileNotFoundError, "no such local folder"
     png = _png(tmp_path)
     folders = {
-        "data_empty": ({}, FileNotFoundError, "holds no image"),
-        "data_only_text": ({"notes.txt": b"hello"}, FileNotFoundError, "holds no image"),
-        "data_corrupt": ({"a.png": png, "b.png": png[:60]}, ValueError, r"cannot read image .*b\.png"),
+        "data_empty": ({}, ConfigError, "holds no image"),
+        "data_only_text": ({"notes.txt": b"hello"}, ConfigError, "holds no image"),
+        "data_corrupt": ({"a.png": png, "b.png": png[:60]}, ConfigError, r"cannot read image b\.png"),
         "data_unsupported": (
             {"a.png": png, "c.gif": b"GIF89a"},
-            ValueError,
+            ConfigError,
             "unsupported image file 'c.gif'; allowed: .png, .jpg, .jpeg",
         ),
-        "data_too_few": ({"a.png": png}, ValueError, "num_images=2 with data.offset=0 but data.path=.* holds only 1 images"),
+        "data_too_few": ({"a.png": png}, ConfigError, "num_images=2 with data.offset=0 but data.path=.* holds only 1 images"),
     }
     if case == "data_missing_folder":
         return ["data=folder", f"data.path={tmp_path}/nope"], ConfigError, r"data\.path=.*/nope.: no such folder"

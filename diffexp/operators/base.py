@@ -30,11 +30,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
-from pydantic import ValidationError
 from torch import Tensor, nn
 
 from diffexp.rng import per_image_noise
-from diffexp.settings import NonNegativeFloat, problems, settings_model
+from diffexp.settings import NonNegativeFloat, problems, settings_model, valid_values
 
 Weight = float | Tensor
 # What an operator can offer the samplers (``Operator.capabilities``; a sampler's ``@sampler(operator=...)``
@@ -128,13 +127,7 @@ class Operator(nn.Module, metaclass=ABCMeta):
     def valid_settings(cls, settings: dict[str, Any]) -> dict[str, Any]:
         """The entries of ``settings`` that are settings of ``cls`` and pass their typed parameter: what ``check``
         may rely on (the others are reported by the settings model)."""
-        model = settings_model(cls, PROVIDED)
-        try:
-            model.model_validate(settings)
-            bad = set()
-        except ValidationError as err:
-            bad = {e["loc"][0] for e in err.errors() if e["loc"]}
-        return {k: v for k, v in settings.items() if k in model.model_fields and k not in bad}
+        return valid_values(settings_model(cls, PROVIDED), settings)
 
     def _require_valid(self, **settings: Any) -> None:
         """Raise ``ValueError`` naming every one of ``settings`` (constructor arguments) that the typed parameters
