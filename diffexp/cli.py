@@ -10,6 +10,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
@@ -131,10 +132,22 @@ def command_line_error(err: BaseException) -> str | None:
         return f"{err.override}: {str(err).strip()}"
     if isinstance(err, ConfigCompositionException):
         return str(err).strip()
-    if isinstance(err, (FileExistsError, NotADirectoryError)) and err.filename:
+    if isinstance(err, (FileExistsError, NotADirectoryError, PermissionError)) and err.filename and _before_job(err):
         return (f"output directory {err.filename} cannot be created: {err.strerror.lower()} (hydra.run.dir and "
-                "hydra.sweep.dir must name a folder)")
+                "hydra.sweep.dir must name a folder you can write)")
     return None
+
+
+def _before_job(err: BaseException) -> bool:
+    """Whether ``err`` was raised by Hydra itself (creating the output directory), not inside diffexp's job (the
+    first frame is ``hydra_main``'s own)."""
+    package = str(Path(__file__).parent)
+    tb = err.__traceback__.tb_next if err.__traceback__ is not None else None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(package):
+            return False
+        tb = tb.tb_next
+    return True
 
 
 def _to_log_files(message: str) -> None:

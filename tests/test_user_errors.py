@@ -45,7 +45,7 @@ def _png(size: int = 8, value: int = 128) -> bytes:
         (["num_images=["], "num_images=[: no viable alternative at input '['"),
         (["num_images=2,3"], "Ambiguous value for argument 'num_images=2,3'"),
         (["hydra.run.dir=FILE"], "output directory FILE cannot be created: file exists (hydra.run.dir and "
-                                 "hydra.sweep.dir must name a folder)"),
+                                 "hydra.sweep.dir must name a folder you can write)"),
     ],
     ids=["key", "nested_key", "option", "multirun_option", "parse", "ambiguous", "run_dir_is_a_file"],
 )
@@ -253,3 +253,22 @@ def test_killing_a_parallel_sweeps_driver_stops_its_workers(tmp_path: Path) -> N
     for job in ("0", "1"):
         result = json.loads((sweep / job / "metrics.json").read_text())
         assert result["status"] != "running" and "interrupted by SIGTERM" in str(result["error"]), result["error"]
+
+
+def test_an_os_error_inside_the_job_is_not_blamed_on_the_output_directory(tmp_path: Path) -> None:
+    """Only Hydra's own failure to create hydra.run.dir is that user error; the same error class raised inside
+    diffexp's code is not (it keeps its traceback)."""
+    from diffexp.cli import command_line_error
+    from diffexp.rundir.files import write_json
+
+    (tmp_path / "a_file").write_text("")
+    try:
+        write_json(tmp_path / "a_file" / "metrics.json", {})
+    except NotADirectoryError as err:
+        assert command_line_error(err) is None
+    else:
+        raise AssertionError("write_json into a file's path must fail")
+    try:
+        (tmp_path / "a_file").mkdir()
+    except FileExistsError as err:
+        assert command_line_error(err) is not None and "cannot be created: file exists" in command_line_error(err)
