@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,16 +28,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from diffexp.errors import ConfigError
+from diffexp.errors import ConfigError, DataError
 from diffexp.evaluation.fid import DistributionMetrics, add_distribution
 from diffexp.models.prior import Prior
 from diffexp.rng import image_generator
 from diffexp.rundir.claim import claim
 from diffexp.rundir.recorder import Recorder, settings_hash, settings_values
+from diffexp.rundir.runconfig import restore_hydra_files
 from diffexp.runtime import DTYPES, resolve_device
 from diffexp.solve import Problem, Solved, solve_batch
 from diffexp.tracking.console import log_summary
-from diffexp.validate import config_problems, grid_problems, model_problems, peek_num_train_timesteps, validate_data
+from diffexp.validate import config_problems, model_problems, unloaded_model_problems, validate_data
 
 log = logging.getLogger(__name__)
 DIVERGENCE_FACTOR = 3.0  # final residual above this many times the measurement's: flagged as diverged
@@ -51,7 +54,8 @@ class Interrupted(BaseException):
 
 @contextmanager
 def _signals() -> Iterator[None]:
-    """Turn SIGINT/SIGTERM into ``Interrupted(130/143)`` in the main thread."""
+    """Turn SIGINT/SIGTERM into ``Interrupted(130/143)`` in the main thread; in a worker process of a parallel
+    sweep, the death of the sweep's driver too (``_orphan_watch``)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -62,19 +66,58 @@ def _signals() -> Iterator[None]:
     # SIGINT too: a process started in the background inherits SIGINT ignored, and `kill -INT` must still stop it
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with _orphan_watch(multiprocessing.current_process().name != "MainProcess"):
+            yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
 
 
+ORPHANED = threading.Event()  # set by ``_orphan_watch``: the worker exits once its run has recorded what it did
+
+
+def _exit_if_orphaned() -> None:
+    """End an orphaned worker process (joblib would keep it, idle, waiting for the next job of a dead sweep)."""
+    if ORPHANED.is_set():
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143)
+
+
+@contextmanager
+def _orphan_watch(enabled: bool, every: float = 1.0) -> Iterator[None]:
+    """A worker process (``hydra/launcher=parallel``: joblib's loky workers) whose parent, the sweep's driver, is
+    gone (``kill`` or ``kill -9`` of ``python run.py -m``) sends itself SIGTERM within ``every`` seconds: the run
+    records what it finished and stops, and the process exits (``_exit_if_orphaned``), instead of sampling on with
+    nobody to report to. A single run is not
+    watched (``nohup python run.py`` outlives its shell on purpose)."""
+    if not enabled:
+        yield
+        return
+    parent, done = os.getppid(), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every):
+            if os.getppid() != parent:
+                log.error("the sweep's driver (pid %d) is gone: stopping this job", parent)
+                ORPHANED.set()
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="diffexp-orphan-watch", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def load_model(cfg: DictConfig, problems: list[str]) -> Prior:
     """The model, with the checks that need it (T, image size) added to the config ``problems`` so that all
-    are reported at once. With config problems the model is not loaded (that may take long): its T is then
-    read from its scheduler config when that is a local file."""
+    are reported at once. With config problems the model is not loaded (that may take long): its T and image
+    shape are then read from its config files when they are local (``unloaded_model_problems``)."""
     if problems:
-        T = peek_num_train_timesteps(cfg.model)
-        raise ConfigError(problems + (grid_problems(cfg.sampler, T) if T is not None else []))
+        raise ConfigError(problems + unloaded_model_problems(cfg))
     model = instantiate(cfg.model)
     problems = model_problems(cfg, model)
     if problems:
@@ -115,9 +158,19 @@ def prepare(cfg: DictConfig, model: Prior) -> Setup:
     )
     truth = None
     if has_truth:
-        truth = instantiate(cfg.data)(channels=model.channels, size=model.sample_size, num_images=cfg.num_images)
+        truth = _load_data(cfg, model)
         validate_data(truth, cfg, model.image_shape)
     return Setup(device, model, problem, metrics, distribution, truth)
+
+
+def _load_data(cfg: DictConfig, model: Prior) -> torch.Tensor:
+    """The ground truth; a loader's ``ValueError`` or ``OSError`` (a user's own loader too) is a ``DataError``."""
+    try:
+        return instantiate(cfg.data)(channels=model.channels, size=model.sample_size, num_images=cfg.num_images)
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as err:
+        raise DataError([f"data ({cfg.data._target_}): {err}"], title="unusable data") from err
 
 
 def open_records(cfg: DictConfig, setup: Setup, previous: dict[str, Any] | None) -> tuple[Recorder, Any]:
@@ -128,7 +181,9 @@ def open_records(cfg: DictConfig, setup: Setup, previous: dict[str, Any] | None)
         "settings": settings_hash(cfg), "settings_values": settings_values(cfg),
     }
     out_dir = Path(cfg.output_dir)
-    recorder = Recorder(out_dir, header, has_truth=setup.truth is not None, previous=previous)
+    recorder = Recorder(out_dir, header, has_truth=setup.truth is not None, previous=previous,
+                        image_shape=tuple(setup.model.image_shape))
+    recorder.start(cfg)  # run_config.yaml and metrics.json (running) before the first image
     return recorder, instantiate(cfg.logger)(cfg=cfg, output_dir=out_dir)
 
 
@@ -142,12 +197,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment; returns the content of ``metrics.json`` plus ``objective`` for sweepers
     (the mean of ``optimized_metric``; None when the run diverged: the Optuna sweeper then fails that trial,
     while a NaN would make its ``study.tell`` raise and end the study)."""
-    model = load_model(cfg, config_problems(cfg))  # raises ConfigError listing every problem, if any
-    claimed = claim(Path(cfg.output_dir), resume=cfg.resume, overwrite=cfg.overwrite)
+    out_dir = Path(cfg.output_dir)
     try:
-        return _run(cfg, prepare(cfg, model), claimed.previous)
+        model = load_model(cfg, config_problems(cfg))  # raises ConfigError listing every problem, if any
+        claimed = claim(out_dir, resume=cfg.resume, overwrite=cfg.overwrite)
+        try:
+            return _run(cfg, prepare(cfg, model), claimed.previous)
+        finally:
+            claimed.release()
+    except BaseException:
+        restore_hydra_files(out_dir)  # Hydra wrote this run's config there: back to the results' (run_config.yaml)
+        raise
     finally:
-        claimed.release()
+        _exit_if_orphaned()
 
 
 def _run(cfg: DictConfig, setup: Setup, previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -180,13 +242,19 @@ def _run(cfg: DictConfig, setup: Setup, previous: dict[str, Any] | None) -> dict
         raise
     finally:
         progress.close()
-        try:
-            result = recorder.finish(status, error)
-            result = add_distribution(result, setup.distribution, out_dir)
-            logger.log_results(result, out_dir)
+        result = None
+        try:  # failing: a write error here (disk full, directory deleted) is logged, the run's own error raised
+            result = recorder.finish(status, error, failing=status != "ok")
+            if result is not None:
+                result = add_distribution(result, setup.distribution, out_dir)
+                logger.log_results(result, out_dir)
+        except BaseException:
+            exit_code = exit_code or 1
+            raise
         finally:
             logger.finish(exit_code)
-        log_summary(result, out_dir, logger)
+        if result is not None:
+            log_summary(result, out_dir, logger)
     objective = (result["metrics"].get(cfg.optimized_metric) or {}).get("mean") if setup.truth is not None else None
     if result["status"] == "diverged":
         objective = None
@@ -220,7 +288,7 @@ def evaluate(
         return [{} for _ in range(n)], None, None
     operator, y, out = solved.operator, solved.y, solved.x
     baseline = operator.baseline(y).float().clamp(-1, 1)
-    recon, base = metrics(out, truth), metrics(baseline, truth)
+    recon, base = metrics(out, truth, operator), metrics(baseline, truth, operator)  # operator: aligned_psnr
     residual = (operator(out) - y).flatten(1).norm(dim=1).tolist()
     base_residual = (operator(baseline) - y).flatten(1).norm(dim=1).tolist()
     noise = max(operator.sigma_y, 0.01) * math.sqrt(y[0].numel())

@@ -1,5 +1,5 @@
-"""resume=true: refused for each result setting on its own (naming it), accepted when only num_images,
-batch_size or logger differ, and continued with a larger num_images as if never interrupted.
+"""resume=true: refused for each result setting on its own (naming it), accepted when only batch_size or logger
+differ, continued with a larger num_images as if never interrupted, refused with a smaller one (issue #21).
 
 (tests/test_reliability.py resumes after a SIGINT and compares with an uninterrupted run.)
 """
@@ -93,7 +93,6 @@ def test_resume_refused_for_each_result_setting(
 
 
 ACCEPTED = {
-    "num_images": ["num_images=1"],
     "batch_size": ["batch_size=1"],
     "logger": ["logger=wandb", "logger.mode=disabled"],
 }
@@ -125,3 +124,18 @@ def test_resume_with_more_images_samples_only_the_new_ones(finished: Path, tmp_p
     assert len(pngs) == 3 * 3 + 1
     for png in pngs:
         assert (out / png).read_bytes() == (fresh / png).read_bytes(), png
+
+
+def test_resume_with_fewer_images_is_refused_and_keeps_metrics_json(
+    finished: Path, tmp_path: Path, sampled: list[int]
+) -> None:
+    """Finished images are never dropped (issue #21): num_images below the finished count is refused, naming the
+    count to use, and metrics.json stays as it was (seconds_per_image = seconds / its rows)."""
+    out = copy(finished, tmp_path)
+    before = files(out)
+    with pytest.raises(ValueError, match=r"holds 2 finished images, up to index 1, but num_images=1: resume with "
+                                         r"num_images>=2"):
+        diffexp.run(make_cfg([*BASE, "resume=true", "num_images=1"], out))
+    assert sampled == [] and files(out) == before
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["seconds_per_image"] == pytest.approx(result["seconds"] / len(result["per_image"]))

@@ -7,6 +7,13 @@
 - an exclusive lock (``.diffexp.lock``, ``fcntl.flock``) refuses a second writer while a run is in progress;
 - results already there are continued with ``resume=true``, deleted first with ``overwrite=true``, and
   otherwise refused (a rerun would replace ``metrics.json`` and leave stale PNGs behind).
+
+``overwrite=true`` deletes only what a run writes: ``metrics.json``, ``grid.png``, ``run_config.yaml``, the
+temporary files of interrupted atomic writes, and in ``images/`` and ``measurements/`` the files of the image
+indices the earlier ``metrics.json`` names (its rows and ``range(num_images)``; by their names,
+``<index>[_truth|_measurement].png`` and ``<index>.pt``, when it is missing or damaged). Any other file there is
+not diffexp's: the directory is then refused, nothing deleted, and the message lists those files (move them
+away, or choose another output dir).
 """
 
 from __future__ import annotations
@@ -15,17 +22,21 @@ import fcntl
 import json
 import logging
 import os
-import shutil
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from diffexp.errors import ConfigError
+from diffexp.rundir.files import is_temporary, read_metrics
+from diffexp.rundir.runconfig import RUN_CONFIG
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".diffexp.lock"
 RESULT_DIRS = ("images", "measurements")
-RESULT_FILES = ("metrics.json", "grid.png")
+RESULT_FILES = ("metrics.json", "grid.png", RUN_CONFIG)
+LISTED = 5  # foreign files named in a refusal
 
 
 @dataclass
@@ -76,35 +87,97 @@ def _lock(out_dir: Path) -> IO[str]:
     return stream
 
 
+def _entries(path: Path) -> list[Path]:
+    return sorted(path.iterdir()) if path.is_dir() else []
+
+
 def _has_results(out_dir: Path) -> bool:
-    images = out_dir / "images"
-    return any((out_dir / f).exists() for f in RESULT_FILES) or (images.is_dir() and any(images.iterdir()))
+    return any((out_dir / f).exists() for f in RESULT_FILES[:2]) or any(_entries(out_dir / d) for d in RESULT_DIRS)
+
+
+def _some(paths: list[Path], out_dir: Path) -> str:
+    names = [f"{p.relative_to(out_dir)}{'/' if p.is_dir() else ''}" for p in paths[:LISTED]]
+    return ", ".join(names) + (f" (and {len(paths) - LISTED} more)" if len(paths) > LISTED else "")
+
+
+def _describe(out_dir: Path) -> str:
+    """What ``out_dir`` holds, in words: the earlier run's progress, or the files when there is no metrics.json."""
+    path = out_dir / "metrics.json"
+    if path.is_file():
+        data, problem = read_metrics(path)
+        if data is None:
+            return f"{out_dir} holds a metrics.json that {problem}"
+        rows = data.get("per_image") or []
+        return (f"{out_dir} already holds results of an earlier run ({len(rows)} of {data.get('num_images', '?')} "
+                f"images finished, status {data.get('status', '?')})")
+    found = [f"{name}" for name in RESULT_FILES[1:2] if (out_dir / name).exists()]
+    for name in RESULT_DIRS:
+        entries = _entries(out_dir / name)
+        if entries:
+            found.append(f"{name}/ holds {len(entries)} file{'s' if len(entries) > 1 else ''} ({_some(entries, out_dir)})")
+    return f"{out_dir} holds no metrics.json, but {' and '.join(found)}"
 
 
 def _read_previous(out_dir: Path) -> dict[str, Any] | None:
     path = out_dir / "metrics.json"
     if not path.is_file():
         return None
-    try:
-        previous = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    previous, problem = read_metrics(path, need_rows=True)
+    if previous is None:
         raise ConfigError(
-            [f"{path} is damaged ({err}); it cannot be resumed: pass overwrite=true to start this directory afresh"],
-            title="resume=true refused",
-        ) from None
-    if not isinstance(previous, dict) or not isinstance(previous.get("per_image"), list):
-        raise ConfigError(
-            [f"{path} is not a diffexp metrics.json (no per_image list); pass overwrite=true to start afresh"],
+            [f"{path} is damaged (it {problem}); it cannot be resumed: pass overwrite=true to start this directory "
+             "afresh"],
             title="resume=true refused",
         )
     return previous
 
 
+def _run_output(directory: str, previous: dict[str, Any] | None) -> Callable[[str], bool]:
+    """A test of the file names an earlier run wrote into ``directory`` (``images`` or ``measurements``): those of
+    the indices ``previous`` names, or any run's names when there is no readable ``metrics.json``."""
+    suffix = r"(_truth|_measurement)?\.png" if directory == "images" else r"\.pt"
+    pattern = re.compile(rf"(\d{{5,}}){suffix}")
+    num_images = (previous or {}).get("num_images")
+    limit = int(num_images) if isinstance(num_images, (int, float)) else 0
+    indices = {row["index"] for row in (previous or {}).get("per_image") or []}
+
+    def recorded(name: str) -> bool:
+        match = pattern.fullmatch(name)
+        if match is None or f"{int(match[1]):05d}" != match[1]:  # written as image_name(index): 00001, not 000001
+            return False
+        return previous is None or int(match[1]) < limit or int(match[1]) in indices
+
+    return recorded
+
+
 def _clear(out_dir: Path) -> None:
+    """Delete the earlier run's outputs; refuse (deleting nothing) when images/ or measurements/ hold others."""
+    path = out_dir / "metrics.json"
+    previous = read_metrics(path)[0] if path.is_file() else None
+    ours: list[Path] = []
+    foreign: list[Path] = []
     for name in RESULT_DIRS:
-        shutil.rmtree(out_dir / name, ignore_errors=True)
-    for name in RESULT_FILES:
-        (out_dir / name).unlink(missing_ok=True)
+        recorded = _run_output(name, previous)
+        for entry in _entries(out_dir / name):
+            mine = entry.is_file() and (is_temporary(entry.name) or recorded(entry.name))
+            (ours if mine else foreign).append(entry)
+    if foreign:
+        raise ConfigError(
+            [f"{out_dir} holds files that no diffexp run wrote there: {_some(foreign, out_dir)}; overwrite=true "
+             "deletes only a run's own outputs: move those files away, or choose another output dir "
+             "(hydra.run.dir, or hydra.sweep.dir in a multirun)"],
+            title="overwrite=true refused",
+        )
+    temporary = [e for e in _entries(out_dir) if e.is_file() and is_temporary(e.name)
+                 and e.name[1:].startswith(tuple(f"{f}." for f in RESULT_FILES))]
+    for entry in [*ours, *temporary, *(out_dir / f for f in (*RESULT_FILES, "metrics.json.tmp"))]:
+        try:
+            entry.unlink(missing_ok=True)
+        except OSError as err:
+            raise ConfigError([f"{entry} cannot be deleted: {err.strerror}"], title="overwrite=true failed") from None
+    for name in RESULT_DIRS:
+        if (out_dir / name).is_dir() and not _entries(out_dir / name):
+            (out_dir / name).rmdir()
 
 
 def claim(out_dir: Path, *, resume: bool, overwrite: bool) -> Claim:
@@ -129,14 +202,16 @@ def claim(out_dir: Path, *, resume: bool, overwrite: bool) -> Claim:
             else:
                 raise ConfigError(
                     [
-                        f"{out_dir} already holds results of an earlier run; pass resume=true to continue it, "
-                        "overwrite=true to replace them, or choose another output dir (hydra.run.dir, or "
-                        "hydra.sweep.dir in a multirun)"
+                        f"{_describe(out_dir)}; pass resume=true to continue it, overwrite=true to replace it, or "
+                        "choose another output dir (hydra.run.dir, or hydra.sweep.dir in a multirun)"
                     ],
                     title="output directory not empty",
                 )
         if resume and previous is None:
-            log.info("resume=true: %s holds no earlier results; starting fresh", out_dir)
+            if _has_results(out_dir):
+                log.info("resume=true: %s; nothing to resume, starting fresh", _describe(out_dir))
+            else:
+                log.info("resume=true: %s holds no earlier results; starting fresh", out_dir)
         return Claim(out_dir, previous, lock)
     except BaseException:
         lock.close()

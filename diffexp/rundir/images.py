@@ -10,6 +10,7 @@ from torch import Tensor
 from torchvision.utils import make_grid as tv_make_grid
 
 from diffexp.data.ranges import to_uint8
+from diffexp.rundir.files import atomic_write
 
 GRID_PADDING = 2  # white pixels around every tile of a grid
 
@@ -19,8 +20,10 @@ def to_pil(x: Tensor) -> Image.Image:
     return Image.fromarray(to_uint8(x))
 
 
-def save_png(x: Tensor, path: Path) -> None:
-    to_pil(x).save(path)
+def save_png(x: Tensor | Image.Image, path: Path) -> None:
+    """Write a (C, H, W) tensor in [-1, 1] (or a PIL image) as a PNG, atomically."""
+    image = x if isinstance(x, Image.Image) else to_pil(x)
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def make_grid(x: Tensor, nrow: int) -> Image.Image:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import subprocess
 import sys
@@ -16,7 +15,8 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_class
 from omegaconf import DictConfig
 
-from diffexp.cli import UserError
+from diffexp.cli import CleanJobError
+from diffexp.rundir.files import write_json
 from diffexp.tracking.report import JOB_ERROR_FILE, Report, headline, job_paths, write_report
 
 
@@ -61,10 +61,14 @@ class SweepReport(Callback):
             return
         # the attribute, not the ``return_value`` property: that prints "Error executing job" (Hydra does, once)
         err = job_return._return_value
-        if isinstance(err, UserError) and err.__cause__ is not None:
+        if isinstance(err, CleanJobError) and err.__cause__ is not None:
             err = err.__cause__  # the user's error itself (ConfigError, FileNotFoundError, ...)
         record = {"error": f"{type(err).__name__}: {err}", "traceback": "".join(traceback.format_exception(err))}
-        (Path(config.hydra.runtime.output_dir) / JOB_ERROR_FILE).write_text(json.dumps(record, indent=2))
+        path = Path(config.hydra.runtime.output_dir) / JOB_ERROR_FILE
+        try:
+            write_json(path, record)  # atomic: the report never reads half a file
+        except OSError as write_err:  # disk full, the job's directory deleted: the sweep goes on
+            print(f"[diffexp] cannot write {path}: {write_err.strerror or write_err}", file=sys.stderr)
 
     def _write(self) -> Report:
         """Write the report and print the top of summary.md (stdout: the jobs' log files must not get it)."""

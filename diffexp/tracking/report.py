@@ -1,11 +1,15 @@
 """Sweep report: ``python -m diffexp.tracking.report <multirun dir>``.
 
-Reads every job's ``metrics.json`` and ``.hydra/overrides.yaml`` and writes, into the multirun dir,
+Reads every job's ``metrics.json`` and the settings its run recorded (``run_config.yaml``, written only by the
+run that claimed the directory; ``.hydra/overrides.yaml`` and ``config.yaml`` for older jobs) and writes, into the
+multirun dir,
 ``summary.csv`` (one row per job, all numbers), ``summary.md`` (one row per configuration: swept keys →
 mean ± std pooled over seeds and images, n; the best configuration by ``optimized_metric`` marked ★,
 diverged runs ⚠ and never best) and ``metric_vs_<key>.png`` (PSNR/SSIM/LPIPS against each numeric swept
 key, one line per combination of the other swept keys). ``seed`` is never a configuration key: seeds
-repeat a configuration. A job that failed or died is a row with status ``failed`` and its error.
+repeat a configuration. A job that failed or died is a row with status ``failed`` and its error, and so is a job
+whose files cannot be read (a garbled ``metrics.json``, ``overrides.yaml``, ``config.yaml`` or ``job_error.json``):
+the report is written all the same. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from diffexp.errors import NotASweepError
+from diffexp.rundir.files import read_metrics, replacing, write_text
+from diffexp.rundir.runconfig import RUN_CONFIG, RunConfigUnreadable, read_run_config
 
 PLOTTED = ("psnr", "ssim", "lpips")
 LOWER_IS_BETTER = ("lpips", "residual")
@@ -40,6 +45,7 @@ class Job:
     status: str
     error: str | None
     result: dict[str, Any]
+    optimized_metric: str | None = None  # from the job's recorded config
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
@@ -64,35 +70,56 @@ def _job_sort_key(path: Path) -> tuple[int, int | str]:
     return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
 
 
+def _job_error(path: Path) -> str:
+    """The error a failed job left in ``job_error.json``, or what is wrong with that file."""
+    try:
+        record = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as err:
+        return f"the job failed; its {path} cannot be read ({getattr(err, 'strerror', None) or err})"
+    if not isinstance(record, dict) or not isinstance(record.get("error"), str):
+        return f"the job failed; its {path} holds no error message"
+    return record["error"]
+
+
 def load_job(path: Path) -> Job:
-    """Read one job directory; missing or unfinished results become status ``failed`` with a reason."""
-    overrides = parse_overrides(yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or [])
+    """Read one job directory; missing, unfinished or unreadable results become status ``failed`` with a reason."""
+    try:
+        lines, config = read_run_config(path)
+    except RunConfigUnreadable as err:
+        return Job(path.name, path, {}, "failed", str(err), {})
+    overrides = parse_overrides(lines)
+    metric = config.get("optimized_metric")
+    metric = None if metric is None else str(metric)
     metrics = path / "metrics.json"
     if not metrics.is_file():
         error_file = path / JOB_ERROR_FILE
         if error_file.is_file():
-            error = json.loads(error_file.read_text())["error"]
+            error = _job_error(error_file)
         else:
             error = "no metrics.json: the job died before writing results (see its .log file)"
-        return Job(path.name, path, overrides, "failed", error, {})
-    result = json.loads(metrics.read_text())
+        return Job(path.name, path, overrides, "failed", error, {}, metric)
+    result, problem = read_metrics(metrics)
+    if result is None:
+        return Job(path.name, path, overrides, "failed", f"{metrics} {problem}", {}, metric)
     status, error = result.get("status", "failed"), result.get("error")
     if status == "running":
         status = "failed"
         error = f"did not finish: {result.get('num_finished')} of {result.get('num_images')} images (killed?)"
-    return Job(path.name, path, overrides, status, error, result)
+    return Job(path.name, path, overrides, status, error, result, metric)
 
 
 def job_paths(sweep_dir: Path) -> list[Path]:
-    """The job directories (those with ``.hydra/overrides.yaml``) directly under ``sweep_dir``."""
+    """The job directories (those with ``.hydra/overrides.yaml`` or ``run_config.yaml``) directly under
+    ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         return []
-    return [p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
+    return [p for p in sweep_dir.iterdir()
+            if (p / ".hydra" / "overrides.yaml").is_file() or (p / RUN_CONFIG).is_file()]
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job directory (one with ``.hydra/overrides.yaml``) directly under ``sweep_dir``, in job order."""
+    """Every job directory (``job_paths``) directly under ``sweep_dir``, in job order."""
     paths = job_paths(sweep_dir)
     if not paths:
         hint = " (it is a single run's output directory)" if (Path(sweep_dir) / ".hydra").is_dir() else ""
@@ -115,9 +142,8 @@ def config_keys(jobs: Sequence[Job]) -> list[str]:
 
 
 def optimized_metric(jobs: Sequence[Job]) -> str:
-    """``optimized_metric`` of the sweep, from the first job's saved config (default psnr)."""
-    config = yaml.safe_load((jobs[0].path / ".hydra" / "config.yaml").read_text()) or {}
-    return str(config.get("optimized_metric", "psnr"))
+    """``optimized_metric`` of the sweep, from the first job whose recorded config names it (default psnr)."""
+    return next((job.optimized_metric for job in jobs if job.optimized_metric is not None), "psnr")
 
 
 @dataclass
@@ -353,7 +379,8 @@ def plot(jobs: Sequence[Job], key: str, path: Path) -> bool:
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend(fontsize="small")
-    fig.savefig(path, dpi=100)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return True
 
 
@@ -379,12 +406,12 @@ def write_report(sweep_dir: Path) -> Report:
     jobs = load_jobs(sweep_dir)
     columns, rows = table(jobs)
     csv_path = sweep_dir / "summary.csv"
-    with csv_path.open("w", newline="") as f:
+    with replacing(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     md_path = sweep_dir / "summary.md"
-    md_path.write_text(markdown(jobs))
+    write_text(md_path, markdown(jobs))
     files = [csv_path, md_path]
     for key in config_keys(jobs):
         png = sweep_dir / f"metric_vs_{key.replace('/', '_')}.png"

@@ -33,7 +33,8 @@ from PIL import Image
 
 from diffexp.evaluation.fid import summary_values
 from diffexp.rundir.images import make_grid
-from diffexp.rundir.files import image_name
+from diffexp.rundir.files import image_name, write_text
+from diffexp.rundir.runconfig import RUN_CONFIG, RunConfigUnreadable, read_run_config
 from diffexp.tracking.report import PLOTTED, Report, parse_overrides, typed
 from diffexp.tracking.report import main as report_cli
 from diffexp.settings import Allowed, Finite, Ge, Gt, PositiveInt
@@ -151,7 +152,7 @@ def run_id(output_dir: Path, *, resume: bool) -> tuple[str | None, str | None]:
 def remember_run(run: wandb.Run, output_dir: Path) -> None:
     """Store the run id in the output directory (a later ``resume=true`` continues this run)."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / RUN_ID_FILE).write_text(run.id + "\n")
+    write_text(output_dir / RUN_ID_FILE, run.id + "\n")
 
 
 def sync_command(output_dir: Path, run: wandb.Run) -> str | None:
@@ -243,8 +244,8 @@ class WandbRun:
 
 class WandbLogger(WandbRun):
     """``logger=wandb``, a ``diffexp.tracking.base.Tracker``: one W&B run per output directory with the config,
-    per-step residual and x̂0 preview, final summary, image table, grid, and the run's ``metrics.json`` and
-    ``.hydra/config.yaml``.
+    per-step residual and x̂0 preview, final summary, image table, grid, and the run's ``metrics.json``,
+    ``run_config.yaml`` and its config as ``.hydra/config.yaml`` (from ``run_config.yaml``: the run's own).
 
     Args:
         cfg: the job's composed config (logged, resolved, as the run's config, with the Hydra group
@@ -295,11 +296,28 @@ class WandbLogger(WandbRun):
             tags=list(dict.fromkeys([cfg.task.name, cfg.sampler.name, model, *tags])),
             config=config,
         )
-        hydra_config = self.output_dir / ".hydra" / "config.yaml"
-        if hydra_config.is_file():
-            save_in_run(self.run, hydra_config, ".hydra/config.yaml")
+        self._save_config()
         self.run.define_metric("sampling/step")
         self.run.define_metric("sampling/*", step_metric="sampling/step")
+
+    def _save_config(self) -> None:
+        """The run's config file in the W&B run (as ``.hydra/config.yaml``): from the run's own record,
+        ``run_config.yaml``, which a refused run cannot overwrite (``diffexp.rundir.runconfig``); from Hydra's
+        ``.hydra/config.yaml`` outside ``run`` (no record). The record itself is saved as well."""
+        own = self.output_dir / RUN_CONFIG
+        try:
+            _, config = read_run_config(self.output_dir) if own.is_file() else (None, None)
+        except RunConfigUnreadable as err:
+            log.warning("W&B: %s", err)
+            config = None
+        target = Path(self.run.dir) / ".hydra" / "config.yaml"
+        if config is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+            self.run.save(str(target), base_path=self.run.dir, policy="now")
+            save_in_run(self.run, own, RUN_CONFIG)
+        elif (self.output_dir / ".hydra" / "config.yaml").is_file():
+            save_in_run(self.run, self.output_dir / ".hydra" / "config.yaml", ".hydra/config.yaml")
 
     def log_step(self, state: dict[str, Any]) -> None:
         """Log the mean data residual (``state['residual']``, when there is a measurement) and a preview of x̂0;
