@@ -124,6 +124,18 @@ def test_overwrite_of_a_damaged_metrics_json_goes_by_the_run_names(finished: Pat
     assert sorted(p.name for p in (out / "images").iterdir()) == RUN_FILES[:3]
 
 
+def test_overwrite_without_metrics_json_deletes_nothing_named_like_a_run(finished: Path, tmp_path: Path) -> None:
+    """A folder of the user's own ``00000.png`` files with no metrics.json is no run's output (a run writes
+    metrics.json before its first image): overwrite=true refuses and keeps them."""
+    out = copy(finished, tmp_path)
+    (out / "metrics.json").unlink()
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    with pytest.raises(ConfigError, match="overwrite=true refused") as info:
+        diffexp.run(make_cfg([*DENOISE, "num_images=1", "overwrite=true"], out))
+    assert "images/00000.png" in str(info.value)
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
+
+
 def test_refusal_without_metrics_json_says_what_is_there(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "cat.png").write_bytes(b"mine")

@@ -132,9 +132,11 @@ def _read_previous(out_dir: Path) -> dict[str, Any] | None:
     return previous
 
 
-def _run_output(directory: str, previous: dict[str, Any] | None) -> Callable[[str], bool]:
+def _run_output(directory: str, previous: dict[str, Any] | None, recorded_run: bool) -> Callable[[str], bool]:
     """A test of the file names an earlier run wrote into ``directory`` (``images`` or ``measurements``): those of
-    the indices ``previous`` names, or any run's names when there is no readable ``metrics.json``."""
+    the indices ``previous`` names, any run's names when its ``metrics.json`` is there but unreadable, and none
+    when there is no ``metrics.json`` at all (a run writes it before its first image: files without one are
+    not a run's, even when named like ``00000.png``)."""
     suffix = r"(_truth|_measurement)?\.png" if directory == "images" else r"\.pt"
     pattern = re.compile(rf"(\d{{5,}}){suffix}")
     num_images = (previous or {}).get("num_images")
@@ -142,6 +144,8 @@ def _run_output(directory: str, previous: dict[str, Any] | None) -> Callable[[st
     indices = {row["index"] for row in (previous or {}).get("per_image") or []}
 
     def recorded(name: str) -> bool:
+        if not recorded_run:
+            return False
         match = pattern.fullmatch(name)
         if match is None or f"{int(match[1]):05d}" != match[1]:  # written as image_name(index): 00001, not 000001
             return False
@@ -157,7 +161,7 @@ def _clear(out_dir: Path) -> None:
     ours: list[Path] = []
     foreign: list[Path] = []
     for name in RESULT_DIRS:
-        recorded = _run_output(name, previous)
+        recorded = _run_output(name, previous, recorded_run=path.is_file())
         for entry in _entries(out_dir / name):
             mine = entry.is_file() and (is_temporary(entry.name) or recorded(entry.name))
             (ours if mine else foreign).append(entry)
