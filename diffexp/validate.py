@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel
@@ -123,6 +124,15 @@ def _group_problems(cfg: DictConfig, path: str) -> tuple[list[str], Callable[...
     return problems, target
 
 
+def _overridden(prefix: str) -> set[str]:
+    """The keys under ``prefix`` that the command line sets (``task.operator.kernel=motion`` → ``kernel``); none
+    outside a Hydra run."""
+    if not HydraConfig.initialized():
+        return set()
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task)
+    return {k[len(prefix):] for k in keys if k.startswith(prefix) and "." not in k[len(prefix):]}
+
+
 def _data_problems(cfg: DictConfig, loader: Callable[..., Any] | None) -> list[str]:
     """The data loader's own check (``diffexp.data.loaders.checked_by``) of its valid settings against
     ``num_images``: unreadable files and too few images are found here, before the model loads."""
@@ -202,15 +212,17 @@ def config_problems(cfg: DictConfig) -> list[str]:
     problems = _plain_problems(cfg, cfg, "", RunSettings, set())
     if isinstance(cfg.get("runtime"), DictConfig):
         problems += _plain_problems(cfg, cfg.runtime, "runtime.", RuntimeSettings, set())
+    targets, group_problems = {}, []
+    for path in GROUPS:
+        found, targets[path] = _group_problems(cfg, path)
+        group_problems += found
+    operator_cls = targets["task.operator"]
     if isinstance(cfg.get("task"), DictConfig):
         raw = OmegaConf.to_container(cfg.task, resolve=False).get("operator") or {}
-        interpolated = {k for v in raw.values() if isinstance(v, str) for k in re.findall(r"\$\{task\.(\w+)\}", v)}
-        problems += _plain_problems(cfg, cfg.task, "task.", TaskSettings, interpolated)
-    targets = {}
-    for path in GROUPS:
-        group_problems, targets[path] = _group_problems(cfg, path)
-        problems += group_problems
-    operator_cls = targets["task.operator"]
+        shortcuts = {k for v in raw.values() if isinstance(v, str) for k in re.findall(r"\$\{task\.(\w+)\}", v)}
+        shortcuts |= {k for k in _overridden("task.operator.") if k in cfg.task}  # its target set directly
+        problems += _plain_problems(cfg, cfg.task, "task.", TaskSettings, shortcuts)
+    problems += group_problems
     spec = spec_of(targets["sampler"]) if targets["sampler"] is not None else None
     if targets["sampler"] is not None and spec is None:
         problems.append(f"sampler._target_={cfg.sampler._target_!r} is not a declared sampler: decorate it with "

@@ -272,3 +272,19 @@ def test_an_os_error_inside_the_job_is_not_blamed_on_the_output_directory(tmp_pa
         (tmp_path / "a_file").mkdir()
     except FileExistsError as err:
         assert command_line_error(err) is not None and "cannot be created: file exists" in command_line_error(err)
+
+
+def test_an_operator_setting_set_directly_leaves_its_task_shortcut_valid(tmp_path: Path) -> None:
+    """task.kernel is interpolated into task.operator.kernel; setting the latter on the command line must not turn
+    the former into an 'unknown key' (one bad value, one message), while a task key added with + stays unknown."""
+    base = ["logger=none", "task=deblur", f"hydra.run.dir={tmp_path}"]
+    proc = cli([*base, "task.operator.kernel=nope"], timeout=120)
+    assert proc.returncode == 2 and "task.kernel" not in proc.stderr, proc.stderr[-2000:]
+    assert "task.operator.kernel='nope' is invalid: allowed is one of gaussian, motion" in proc.stderr
+    proc = cli([*base, "+task.kernel_size=5"], timeout=120)
+    assert proc.returncode == 2 and "task.kernel_size=5: unknown key" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_bad_tracker_mode_is_a_config_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"logger.mode='bogus' is invalid: allowed is one of auto, online"):
+        diffexp.run(make_cfg([*TINY, "logger=wandb", "logger.mode=bogus"], tmp_path))

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import wandb
@@ -272,7 +272,7 @@ class WandbLogger(WandbRun):
         entity: str | None = None,
         tags: Sequence[str] = (),
         group: str | None = None,
-        mode: str = "auto",
+        mode: Literal[MODES] = "auto",  # type: ignore[valid-type]
         log_every: Annotated[int, Ge(0), Allowed("an integer >= 0 (0: off)")] = 0,
         preview_images: PositiveInt = 4,
         init_timeout: Annotated[float, Gt(0), Finite, Allowed("a finite number of seconds > 0")] = 30.0,
