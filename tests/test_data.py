@@ -159,3 +159,21 @@ def test_run_on_a_folder_saves_the_converted_images_as_truth(tmp_path: Path) -> 
     truth = [np.asarray(Image.open(out / "images" / f"{i:05d}_truth.png"), dtype=float) for i in range(2)]
     np.testing.assert_array_equal(truth[0], rgb[:, 2:18])
     assert np.abs(truth[1] - np.stack([gray / 65535 * 255] * 3, -1)).max() <= 1
+
+
+def test_the_bundled_evaluation_set_has_512_labelled_digits() -> None:
+    """``data=mnist_eval``: MNIST test indices 0–511 as 28×28 grayscale PNGs, each with its index and label."""
+    import csv
+
+    from diffexp.data.loaders import ASSETS
+
+    folder = ASSETS / "mnist_eval"
+    with (folder / "labels.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [(r["file"], int(r["test_index"])) for r in rows] == [(f"{i:05d}.png", i) for i in range(512)]
+    assert {int(r["label"]) for r in rows} == set(range(10))
+    assert sorted(p.name for p in folder.glob("*.png")) == [r["file"] for r in rows]
+    for row in rows[::64]:
+        with Image.open(folder / row["file"]) as img:
+            assert img.mode == "L" and img.size == (28, 28)
+    assert "indices 0–511" in (folder / "README.md").read_text() and "CC BY-SA 3.0" in (folder / "README.md").read_text()

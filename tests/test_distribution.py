@@ -35,12 +35,12 @@ from diffexp.evaluation.fid import (
 from diffexp.experiment import run
 from conftest import make_cfg
 
-DIGITS = sorted((ASSETS / "mnist_eval").glob("*.png"))
+DIGITS = sorted((ASSETS / "mnist_eval").glob("*.png"))[:64]  # the set these tests were written on
 
 
 @pytest.fixture(scope="module")
 def real() -> torch.Tensor:
-    """The 64 bundled MNIST test digits (indices 0-63) in [0, 1]."""
+    """The first 64 bundled MNIST test digits (indices 0-63) in [0, 1]."""
     return load_images(DIGITS, channels=1, size=28)
 
 
@@ -70,7 +70,7 @@ def _scipy_fid(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray)
 
 
 def test_shipped_classifier_labels_bundled_digits(real: torch.Tensor) -> None:
-    labels = np.loadtxt(ASSETS / "mnist_eval" / "labels.csv", delimiter=",", skiprows=1, usecols=2, dtype=int)
+    labels = np.loadtxt(ASSETS / "mnist_eval" / "labels.csv", delimiter=",", skiprows=1, usecols=2, dtype=int)[: len(real)]
     accuracy = (predict(load_classifier(), real * 2 - 1).numpy() == labels).mean()
     assert accuracy >= 0.95
 

@@ -294,8 +294,8 @@ def test_data_offset_skips_images(tmp_path: Path) -> None:
 
     all_ten = mnist_eval(channels=1, size=28, num_images=10)
     torch.testing.assert_close(mnist_eval(channels=1, size=28, num_images=2, offset=8), all_ten[8:], rtol=0, atol=0)
-    with pytest.raises(ValueError, match="num_images=2 with data.offset=63 but .* holds only 64 images"):
-        mnist_eval(channels=1, size=28, num_images=2, offset=63)
+    with pytest.raises(ValueError, match="num_images=2 with data.offset=511 but .* holds only 512 images"):
+        mnist_eval(channels=1, size=28, num_images=2, offset=511)
     with pytest.raises(ConfigError, match="data.offset=-1 is invalid"):
         diffexp.run(make_cfg(["logger=none", "data.offset=-1"], tmp_path))
 

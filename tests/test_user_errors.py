@@ -117,9 +117,9 @@ def test_data_is_checked_before_the_model_loads_or_the_dir_is_locked(
 
 
 def test_the_bundled_set_with_too_few_images_is_a_user_error(tmp_path: Path, model_must_not_load: None) -> None:
-    with pytest.raises(ConfigError, match=r"num_images=100 with data.offset=0 but data=mnist_eval \(the bundled "
-                                        r"digits\) holds only 64 images"):
-        diffexp.run(make_cfg(["model=tiny", "logger=none", "data=mnist_eval", "num_images=100"], tmp_path / "out"))
+    with pytest.raises(ConfigError, match=r"num_images=1000 with data.offset=0 but data=mnist_eval \(the bundled "
+                                        r"digits\) holds only 512 images"):
+        diffexp.run(make_cfg(["model=tiny", "logger=none", "data=mnist_eval", "num_images=1000"], tmp_path / "out"))
 
 
 def test_unreadable_data_through_the_cli_exits_2_without_traceback(tmp_path: Path) -> None:
