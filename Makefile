@@ -75,7 +75,7 @@ tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<t
 	-$(SWEEP) task=inpaint,super_resolution sampler=scoreald sampler.corrector_steps=0 sampler.step_size=1,2,4,8,16 sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-eta
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald sampler.step_size=1,4 sampler.corrector_steps=1,3 sampler.corrector_size=0.5,1 hydra.sweep.dir=outputs/tune/scoreald-corrector
 	-$(SWEEP) task=deblur,super_resolution sampler=pigdm sampler.step_size=1,2 hydra.sweep.dir=outputs/tune/pigdm-w
-	-$(SWEEP) task=inpaint,super_resolution,deblur sampler=diffpir sampler.lam=1,7,50 sampler.zeta=0.3,1 hydra.sweep.dir=outputs/tune/diffpir-lam-zeta
+	-$(SWEEP) task=inpaint,super_resolution,deblur sampler=diffpir sampler.lam=4,28,200 sampler.zeta=0.3,1 hydra.sweep.dir=outputs/tune/diffpir-lam-zeta
 	-$(SWEEP) task=deblur sampler=ddnm sampler.eta=0.85,1 sampler.num_steps=50,100 hydra.sweep.dir=outputs/tune/ddnm-deblur
 	-$(SWEEP) task=inpaint sampler=ddnm num_images=32 sampler.travel_length=1,10 sampler.travel_repeat=1,2,3 hydra.sweep.dir=outputs/tune/ddnm-travel
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=reddiff sampler.lam=0.05,0.25,1,4 sampler.lr=0.05,0.1,0.5 hydra.sweep.dir=outputs/tune/reddiff

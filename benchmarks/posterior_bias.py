@@ -43,6 +43,8 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
 # num_steps of the shipped table; a sampler not listed is refused by ``main`` (add its row here).
 STEPS = {"dps": 200, "scoreald": 200, "pigdm": 200, "ddnm": 100, "diffpir": 100, "daps": 100, "reddiff": 100}
 HPARAMS = {  # the settings of the shipped table; a sampler not listed runs at its function's defaults
+    # DiffPIR: the paper's λ = 7, ζ = 0.3 (its deblurring values); ``lam`` is the paper's λ since issue #22
+    # (before, ``lam`` used σ_y in [-1, 1] units and 7.0 here ran the paper's λ = 28)
     "diffpir": {"lam": 7.0, "zeta": 0.3}, "daps": {"ode_steps": 2}, "ddnm": {"eta": 0.85},
     "scoreald": {"corrector_steps": 1, "corrector_size": 1.0},
 }
@@ -135,7 +137,7 @@ def main() -> None:
         "4×4 box; sr2: ×2 average pooling; blur: 3×3 Gaussian, std 1, circular). Each cell: "
         "mean error |x̄ − m|/sqrt(C_ii/N) averaged over pixels (≈ 0.8 for an exact sampler) / "
         "variance ratio mean(s²_i/C_ii) (1 for an exact sampler; MC error ≈ ±0.02). Samplers at "
-        "their nominal settings (step sizes 1; DiffPIR λ = 7, ζ = 0.3, the paper's deblurring values; DAPS "
+        "their nominal settings (step sizes 1; DiffPIR λ = 7 (the paper's λ, noise in [0, 1] units), ζ = 0.3, the paper's deblurring values; DAPS "
         "ode_steps = 2; DDNM η = 0.85; ScoreALD with its corrector (K = 1, size 1); RED-diff λ = 0.05, lr = 0.5), num_steps: "
         + ", ".join(f"{k} {STEPS[k]}" for k in names)
         + "; x̂0 not clipped. Produced by `python -m benchmarks.posterior_bias`.",

@@ -29,18 +29,38 @@ def _offline_services(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyt
     monkeypatch.setenv("HF_HOME", str(base / "hf_home"))  # nor a developer's Hugging Face cache
 
 
+CPU = "runtime.device=cpu"
+# Arguments of run.py after which nothing runs a model (help, config printing, shell completion).
+NO_RUN_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--shell-completion", "-sc", "--info", "-i"}
+
+
+def on_cpu(overrides: list[str]) -> list[str]:
+    """``overrides`` plus ``runtime.device=cpu`` unless they set ``runtime.device`` themselves.
+
+    Every test that runs a model runs it on the CPU: with ``device=auto`` a machine with a GPU would pick CUDA, and
+    the float16-on-CPU, bit-identical and auto-vs-cpu tests would then test something else. A test that means
+    ``auto`` (or ``cuda``) says so with its own ``runtime.device=...``, which is kept.
+    """
+    if any(o.lstrip("+~").split("=")[0] == "runtime.device" for o in overrides):
+        return list(overrides)
+    return [*overrides, CPU]
+
+
 def make_cfg(overrides: list[str], out_dir: Path) -> DictConfig:
-    """The real config composed with ``overrides``, writing into ``out_dir``."""
+    """The real config composed with ``overrides`` (on the CPU unless they set ``runtime.device``: ``on_cpu``),
+    writing into ``out_dir``."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+        cfg = compose("config", overrides=on_cpu(overrides))
     with open_dict(cfg):
         cfg.output_dir = str(out_dir)
     return cfg
 
 
 def cli(args: list[str], cwd: Path = ROOT, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
-    """``python run.py ARGS`` in a subprocess, as a user would run it."""
+    """``python run.py ARGS`` in a subprocess, as a user would run it; on the CPU unless ``args`` set
+    ``runtime.device`` (``on_cpu``; not added to help, ``--cfg`` or completion calls, which run no model)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = list(args) if NO_RUN_FLAGS & set(args) else on_cpu(args)
     return subprocess.run(
         [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout, **kwargs,

@@ -166,7 +166,7 @@ def test_posterior_bias_refuses_a_sampler_without_its_num_steps(monkeypatch: pyt
     [
         ("dps", "deblur", "step_size 5", 200),
         ("scoreald", "inpaint", "step_size 1, corrector_steps 1, corrector_size 1", 399),
-        ("diffpir", "deblur", "lam 1, zeta 1", 100),
+        ("diffpir", "deblur", "lam 4, zeta 1", 100),
         ("daps", "deblur", "step_size 0.5, ode_steps 1", 100),
         ("reddiff", "deblur", "lam 0.05, lr 0.5", 100),
     ],

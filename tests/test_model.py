@@ -217,7 +217,7 @@ def test_cli_with_unreachable_hub_model_names_the_id(tmp_path: Path) -> None:
     """HF_HUB_OFFLINE=1 and an empty HF_HOME (conftest) reach the subprocess: it fails fast, offline."""
     result = cli(["model=ddpm_cifar10", "logger=none", "task=generate", "sampler=ddpm", f"hydra.run.dir={tmp_path}"],
                  timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr[-2000:]  # a user error (README): exactly 2
     assert "google/ddpm-cifar10-32" in result.stderr and "no network/hub access" in result.stderr
 
 

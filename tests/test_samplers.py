@@ -126,14 +126,15 @@ def test_ddnm_without_noise_is_consistent_with_the_measurement(model, name: str)
 
 @pytest.mark.parametrize("name", ["identity", "inpaint", "sr2", "blur_circular", "blur_reflect"])
 def test_diffpir_data_step_solves_its_proximal_problem(model, name: str) -> None:
-    """x̂0' = argmin ‖y − Ax‖² + ρ‖x − x̂0‖², ρ = λσ_y²ᾱ/(1−ᾱ): the normal equations
-    (AᵀA + ρI)x̂0' = Aᵀy + ρx̂0 solved densely (a one-step grid returns x̂0')."""
+    """x̂0' = argmin ‖y − Ax‖² + ρ‖x − x̂0‖², ρ = λ(σ_y/2)²ᾱ/(1−ᾱ) (the paper's λ, the official code's noise level
+    σ_y/2 in [0, 1] units): the normal equations (AᵀA + ρI)x̂0' = Aᵀy + ρx̂0 solved densely (a one-step grid
+    returns x̂0')."""
     op = _ops(0.1)[name].double()
     x, y = _xy(op)
     lam = 5.0
     out = diffpir(model, x, timesteps=torch.tensor([T]), generators=_gens(2), y=y, operator=op, lam=lam)
     ab = model.alphas_cumprod[T]
-    rho = lam * op.sigma_y**2 * ab / (1 - ab)
+    rho = lam * (op.sigma_y / 2) ** 2 * ab / (1 - ab)
     a = dense_matrix(op, SHAPE)
     x0 = model.x0(x, T).detach().flatten(1)
     rhs = (a.T @ y.flatten(1).T).T + rho * x0
@@ -289,6 +290,7 @@ def test_config_runs_end_to_end(name: str, tmp_path: Path) -> None:
     [
         (["sampler=diffpir", "sampler.zeta=2"], r"sampler\.zeta=2 is invalid: allowed is a number in \[0, 1\]"),
         (["sampler=diffpir", "sampler.lam=0"], r"sampler\.lam=0 is invalid"),
+        (["sampler=diffpir", "sampler.skip_type=cubic"], r"sampler\.skip_type='cubic' is invalid: allowed is one of uniform, quad"),
         (["sampler=daps", "sampler.ode_steps=0"], r"sampler\.ode_steps=0 is invalid: allowed is an integer >= 1"),
         (["sampler=daps", "sampler.tau=-1"], r"sampler\.tau=-1 is invalid"),
         (["sampler=daps", "sampler.langevin_steps=-2"], r"sampler\.langevin_steps=-2 is invalid"),
