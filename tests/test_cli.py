@@ -129,7 +129,7 @@ def test_user_errors_print_one_clean_message_and_exit_2(tmp_path: Path, override
 
 
 def test_sigint_while_importing_exits_130_without_traceback(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *TINY, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *on_cpu(TINY), f"hydra.run.dir={tmp_path}"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)  # Hydra composes and diffexp imports torch: several seconds
     proc.send_signal(signal.SIGINT)

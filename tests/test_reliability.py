@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, cli, make_cfg
+from conftest import ROOT, cli, make_cfg, on_cpu
 from PIL import Image
 
 import diffexp
@@ -253,7 +253,7 @@ def interrupted(
     log = out.parent / f"{sig.name}.log"
     with log.open("w") as stream:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), *RUN, STEP, f"hydra.run.dir={out}"],
+            [sys.executable, str(ROOT / "run.py"), *on_cpu([*RUN, STEP]), f"hydra.run.dir={out}"],
             cwd=ROOT,
             stdout=stream,
             stderr=subprocess.STDOUT,

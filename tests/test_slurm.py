@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import submitit.slurm.slurm
-from conftest import CONF, ROOT, cli
+from conftest import CONF, ROOT, cli, on_cpu
 from hydra import compose, initialize_config_dir
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
@@ -99,7 +99,7 @@ def test_sigterm_then_rerun_with_resume_equals_an_uninterrupted_sweep(tmp_path: 
     log = tmp_path / "cut.log"
     with log.open("w") as stream:
         job = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), "-m", *RUN, f"hydra.sweep.dir={cut}"], cwd=ROOT, stdout=stream,
+            [sys.executable, str(ROOT / "run.py"), "-m", *on_cpu(RUN), f"hydra.sweep.dir={cut}"], cwd=ROOT, stdout=stream,
             stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         deadline = time.monotonic() + 120

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import CONF, ROOT, cli
+from conftest import CONF, ROOT, cli, on_cpu
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
@@ -266,7 +266,7 @@ def test_wandb_sweep_file_command_composes_and_runs(tmp_path: Path) -> None:
     assert all(arg in command for arg in sweep_vars["args_no_hyphens"])
     fast = ["model=tiny", "data=synthetic", "num_images=1", "batch_size=1", "sampler.num_steps=2",
             "metrics.lpips=false", f"hydra.run.dir={tmp_path / 'run'}"]  # keys the sweep does not set
-    proc = subprocess.run([*command, *fast], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*command, *on_cpu(fast)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "run" / "metrics.json").read_text())
     config = yaml.safe_load((tmp_path / "run" / ".hydra" / "config.yaml").read_text())

@@ -236,7 +236,7 @@ def test_killing_a_parallel_sweeps_driver_stops_its_workers(tmp_path: Path) -> N
     sweep = tmp_path / "sweep"
     args = [sys.executable, str(ROOT / "run.py"), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
             "model=tiny", "data=synthetic", "logger=none", "metrics.lpips=false", "num_images=50", "batch_size=1",
-            "sampler.num_steps=500", "seed=1,2", f"hydra.sweep.dir={sweep}"]
+            "sampler.num_steps=500", "seed=1,2", "runtime.device=cpu", f"hydra.sweep.dir={sweep}"]
     driver = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while not all((sweep / j / "metrics.json").exists() for j in ("0", "1")) and time.monotonic() < deadline:
