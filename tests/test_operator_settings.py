@@ -20,8 +20,11 @@ import diffexp.operators
 from conftest import CONF, make_cfg
 from diffexp.operators.base import CAPABILITIES, PREFIX, PROVIDED, LinearOperator, Operator
 from diffexp.operators.blur import Blur
+from diffexp.operators.hdr import HDR
 from diffexp.operators.identity import Identity
 from diffexp.operators.inpaint import Inpaint
+from diffexp.operators.phase_retrieval import PhaseRetrieval
+from diffexp.operators.quantize import Quantize
 from diffexp.operators.super_resolution import SuperResolution
 from diffexp.settings import problems, settings_model
 
@@ -39,6 +42,10 @@ VARIANTS = [
     ("inpaint", ["task.mask=half"]),
     ("super_resolution", []),
     ("super_resolution", ["task.operator.downsample=bicubic"]),
+    ("hdr", []),
+    ("phase_retrieval", []),
+    ("phase_retrieval", ["task.convention=daps"]),
+    ("quantize", []),
 ]
 # One bad value per setting of every operator, with the message config validation and construction give.
 BAD = {
@@ -66,6 +73,13 @@ BAD = {
         "factor": (2.0, "an integer >= 1 that divides the image size"),
         "downsample": ("nearest", "one of avgpool, bicubic"),
     },
+    PhaseRetrieval: {
+        "sigma_y": (-0.1, "a finite number >= 0"),
+        "oversample": (-1.0, "a finite number >= 0"),
+        "convention": ("gs", "one of dps, daps"),
+    },
+    HDR: {"sigma_y": (-0.1, "a finite number >= 0"), "scale": (0.0, "a finite number > 0")},
+    Quantize: {"sigma_y": (-0.1, "a finite number >= 0"), "bits": (0, "an integer in 1..16")},
 }
 
 
@@ -180,7 +194,7 @@ def test_every_operator_declares_its_capabilities(cls: type[Operator]) -> None:
 
 
 def test_linear_operators_offer_every_solve_and_the_base_none() -> None:
-    assert LinearOperator.capabilities == {"linear", "adjoint", "pinv", "solve_aat", "prox"}
+    assert LinearOperator.capabilities == {"linear", "adjoint", "pinv", "solve_aat", "prox", "differentiable"}
     assert Operator.capabilities == frozenset()
 
 

@@ -4,13 +4,17 @@ PSNR uses ``data_range=1`` and ``dim=(1, 2, 3)`` (per image, as scikit-image); S
 with its 11×11, σ=1.5 Gaussian window, averaged over windows inside the image (as scikit-image); LPIPS ``normalize=True``. LPIPS needs the ImageNet AlexNet
 backbone that torchvision keeps in ``$TORCH_HOME/hub/checkpoints/``; images under 64 px are
 bilinearly up-sampled to 64 px (AlexNet's pooling needs that) and gray images repeated to RGB.
+
+Given the operator, an operator whose measurement cannot tell some images apart (``Operator.align``: phase
+retrieval) adds ``aligned_psnr``: the PSNR of the reconstruction moved to its equivalent closest to the truth
+(``diffexp.evaluation.aligned``), next to the plain ``psnr``; other tasks have no such key.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,11 @@ def _ssim(p: Tensor, t: Tensor) -> Tensor:
     scikit-image). torchmetrics ≥ 1.5 also averages the reflect-padded border windows: we crop them."""
     _, full = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none", return_full_image=True)
     return full[..., SSIM_PAD:-SSIM_PAD, SSIM_PAD:-SSIM_PAD].mean(dim=(1, 2, 3))
+
+
+def _psnr(p: Tensor, t: Tensor) -> list[float]:
+    """Per-image PSNR of images in [0, 1]."""
+    return peak_signal_noise_ratio(p, t, data_range=1.0, dim=(1, 2, 3), reduction="none").tolist()
 
 
 class Metrics:
@@ -86,13 +95,15 @@ class Metrics:
             _warned = True
 
     @torch.no_grad()
-    def __call__(self, pred: Tensor, target: Tensor) -> dict[str, list[float | None]]:
-        """Per-image values ``{"psnr": [...], "ssim": [...], "lpips": [...] or [None, ...]}``."""
+    def __call__(self, pred: Tensor, target: Tensor, operator: Any = None) -> dict[str, list[float | None]]:
+        """Per-image values ``{"psnr": [...], "ssim": [...], "lpips": [...] or [None, ...]}``, and ``aligned_psnr``
+        after ``psnr`` when ``operator.align`` offers an alignment (module docstring)."""
         p, t = to_unit(pred.float()), to_unit(target.float())
-        out: dict[str, list[float | None]] = {
-            "psnr": peak_signal_noise_ratio(p, t, data_range=1.0, dim=(1, 2, 3), reduction="none").tolist(),
-            "ssim": _ssim(p, t).tolist(),
-        }
+        out: dict[str, list[float | None]] = {"psnr": _psnr(p, t)}
+        aligned = operator.align(pred.float(), target.float()) if operator is not None else None
+        if aligned is not None:
+            out["aligned_psnr"] = _psnr(to_unit(aligned), t)
+        out["ssim"] = _ssim(p, t).tolist()
         out["lpips"] = self._lpips_values(p, t) if self._lpips is not None else [None] * len(p)
         return out
 

@@ -4,13 +4,15 @@ Measurements are y = A(x) + σ_y·n with n ~ N(0, I) in [-1, 1] image units (the
 σ_y = 0.05 here is 0.025 in [0, 1] units). Random parameters (masks, motion kernels) are drawn once
 per image, at construction, from that image's generator, and stay fixed for the whole run.
 
-Every ``Operator`` (possibly nonlinear: ``forward`` only) declares its settings as typed keyword parameters of
+Every ``Operator`` (possibly nonlinear: ``forward``, and ``vjp`` by autograd) declares its settings as typed keyword parameters of
 its constructor (``diffexp.settings``), the checks that need the image shape or several settings in ``check``,
 and what it offers the samplers in ``capabilities`` (words of ``CAPABILITIES``), which every concrete subclass
 states itself. Every ``LinearOperator`` offers what the posterior samplers need (shapes: x is (B, C, H, W), y is
 A's output; weights are Python floats or tensors broadcastable as (B, 1, 1, 1)):
 
 - ``forward(x)``: A x;  ``adjoint(y)``: Aᵀ y, explicit (no autograd graph);
+- ``vjp(x, v)``: (∂A/∂x)ᵀ v, which for a linear A is ``adjoint(v)`` exactly (every operator has one: nonlinear
+  ones by autograd, see ``Operator.vjp``; those that declare ``differentiable`` offer it to the samplers);
 - ``pinv(y)``: A⁺ y, the Moore–Penrose pseudo-inverse (blur: a regularised one, see ``Blur``);
 - ``solve_aat(v, aat_weight=w, noise_var=s)``: (w·AAᵀ + s·I)⁻¹ v in measurement space (ΠGDM,
   ScoreALD's σ_y²I + γ_t²AAᵀ);
@@ -37,8 +39,10 @@ from diffexp.settings import NonNegativeFloat, problems, settings_model, valid_v
 
 Weight = float | Tensor
 # What an operator can offer the samplers (``Operator.capabilities``; a sampler's ``@sampler(operator=...)``
-# names those it needs): a linear A, its explicit adjoint Aᵀ, A⁺, (w·AAᵀ + s·I)⁻¹ and the prox of ‖y − A·‖².
-CAPABILITIES = frozenset({"linear", "adjoint", "pinv", "solve_aat", "prox"})
+# names those it needs): a linear A, its explicit adjoint Aᵀ, A⁺, (w·AAᵀ + s·I)⁻¹, the prox of ‖y − A·‖², and
+# ``differentiable``: a useful vector-Jacobian product ``vjp(x, v)`` (the adjoint for a linear A; autograd, or a
+# documented surrogate such as a straight-through gradient, for a nonlinear one).
+CAPABILITIES = frozenset({"linear", "adjoint", "pinv", "solve_aat", "prox", "differentiable"})
 PROVIDED = ("image_shape", "generators")  # constructor arguments that run() passes itself: not settings
 PREFIX = "task.operator."  # where the settings live in the config
 
@@ -141,6 +145,20 @@ class Operator(nn.Module, metaclass=ABCMeta):
     def forward(self, x: Tensor) -> Tensor:
         """A(x)."""
 
+    def vjp(self, x: Tensor, v: Tensor) -> Tensor:
+        """(∂A/∂x)ᵀ v at x, by autograd through ``forward`` (no graph kept: the result is a plain tensor; it works
+        under ``torch.no_grad`` too). An operator offers it to the samplers by declaring ``differentiable``."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.forward(x), x, grad_outputs=v.to(x.dtype), create_graph=False)
+        return grad
+
+    def align(self, x: Tensor, truth: Tensor) -> Tensor | None:
+        """For an A whose measurement cannot tell some images apart (phase retrieval: shifts, a 180° rotation, a
+        global sign), the image among those equivalent to ``x`` that is closest to ``truth``; the metrics then
+        report ``aligned_psnr`` (``diffexp.evaluation.metrics.Metrics``). None (the default): no such ambiguity."""
+        return None
+
     def image_parameters(self, j: int) -> dict[str, Tensor]:
         """The parameters of image ``j`` of the batch (none by default)."""
         if not 0 <= j < self.batch_size:
@@ -160,13 +178,19 @@ class Operator(nn.Module, metaclass=ABCMeta):
 class LinearOperator(Operator):
     """A linear A with the solvers above; every solve has a conjugate-gradient fallback on A and Aᵀ."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({"linear", "adjoint", "pinv", "solve_aat", "prox"})
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {"linear", "adjoint", "pinv", "solve_aat", "prox", "differentiable"}
+    )
     cg_tol: float = 1e-6  # relative residual at which conjugate gradients stop (float32 reaches it)
     cg_max_iter: int = 500  # solution error ≲ 2e-4 at condition numbers ~1e4 (blur with ρ or s = 1e-4)
 
     @abstractmethod
     def adjoint(self, y: Tensor) -> Tensor:
         """Aᵀ y."""
+
+    def vjp(self, x: Tensor, v: Tensor) -> Tensor:
+        """(∂A/∂x)ᵀ v = Aᵀ v, the explicit adjoint (x is not used): bit-identical to ``adjoint(v)``."""
+        return self.adjoint(v)
 
     def solve_aat(self, v: Tensor, *, aat_weight: Weight, noise_var: Weight) -> Tensor:
         """(w·AAᵀ + s·I)⁻¹ v by conjugate gradients in measurement space."""

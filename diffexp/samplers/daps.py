@@ -51,13 +51,14 @@ def langevin_x0(
     steps: int,
     step_size: float,
 ) -> Tensor:
-    """DAPS's Langevin steps (its eq. 9) on log N(x0; x̂0, r²I) + log N(y; A x0, τ²I), from x̂0:
-    x0 ← x0 − lr·((x0 − x̂0)/r² + Aᵀ(A x0 − y)/τ²) + sqrt(2 lr)·z, lr = step_size/(1/r² + 1/τ²) (a step
-    relative to the gradient's Lipschitz bound for ‖A‖ ≤ 1, so that step_size < 2 is stable at every level)."""
+    """DAPS's Langevin steps (its eq. 9) on log N(x0; x̂0, r²I) + log N(y; A(x0), τ²I), from x̂0:
+    x0 ← x0 − lr·((x0 − x̂0)/r² + Jᵀ(A(x0) − y)/τ²) + sqrt(2 lr)·z, lr = step_size/(1/r² + 1/τ²) (a step
+    relative to the gradient's Lipschitz bound for ‖A‖ ≤ 1, so that step_size < 2 is stable at every level).
+    Jᵀv is ``operator.vjp(x0, v)``: Aᵀv for a linear A (bit-identical), autograd's for a nonlinear one."""
     lr = step_size / (1 / r2 + 1 / tau**2)
     x0 = x0_hat
     for _ in range(steps):
-        grad = (x0 - x0_hat) / r2 + operator.adjoint(operator(x0) - y) / tau**2
+        grad = (x0 - x0_hat) / r2 + operator.vjp(x0, operator(x0) - y) / tau**2
         x0 = x0 - lr * grad + (2 * lr).sqrt() * per_image_noise(generators, x0)
     return x0
 
@@ -69,7 +70,7 @@ def network_calls(timesteps: Tensor, ode_steps: int = 1, **hparams: object) -> i
 @sampler(
     measurement=True,
     unet_grad=False,
-    operator=frozenset({"linear", "adjoint", "pinv", "prox"}),
+    operator=frozenset({"differentiable"}),  # langevin_steps = 0 (the exact draw) also needs prox (and pinv)
     noise=frozenset({"gaussian"}),
     network_calls=network_calls,
     sampling_steps=per_step,
@@ -102,7 +103,9 @@ def daps(
     and x0 of the last level is the result. ``langevin_steps`` K > 0 draws x0 with the paper's K Langevin
     steps (``langevin_x0``, ``step_size`` relative to the Lipschitz bound); K = 0 (default) draws it
     exactly (``gaussian_x0_draw``: the target is Gaussian for a linear A, the limit the Langevin chain
-    approaches). τ (``tau``) is the likelihood's noise level, the measurement's σ_y when null.
+    approaches); it needs a linear A (``prox``, ``pinv``), so a nonlinear operator needs K > 0 (the paper's
+    K = 100: ``conf/tuned/<task>_daps.yaml``). τ (``tau``) is the likelihood's noise level, the measurement's σ_y
+    when null.
     Network calls: len(timesteps)·ode_steps.
     """
     require_measurement("daps", y, operator)
@@ -117,6 +120,10 @@ def daps(
         raise ValueError(
             f"sampler.tau={tau} (null: task.sigma_y) must be >= 0, and > 0 with sampler.langevin_steps > 0"
         )
+    if langevin_steps == 0 and not {"prox", "pinv"} <= operator.capabilities:
+        raise ValueError(f"sampler.langevin_steps=0 draws x0 exactly, which needs a linear operator with prox and pinv "
+                         f"({type(operator).__name__} offers {', '.join(sorted(operator.capabilities)) or 'none'}): "
+                         "set sampler.langevin_steps > 0 (DAPS: 100)")
     ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
     T = model.num_train_timesteps
     inner = [respaced_timesteps(T, ode_steps, t_max=t).to(x.device) for t in timesteps.tolist()]

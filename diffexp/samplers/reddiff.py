@@ -15,19 +15,20 @@ from diffexp.settings import PositiveFloat
 
 
 def reddiff_gradient(operator: Any, mu: Tensor, y: Tensor, eps_hat: Tensor, eps: Tensor, lam_t: Tensor) -> Tensor:
-    """∇_μ of RED-diff's per-image loss ℓ(μ) = ‖y − Aμ‖²/(2m) + λ_t·⟨sg(ε̂ − ε), μ⟩/n, in closed form:
-    Aᵀ(Aμ − y)/m + λ_t(ε̂ − ε)/n (m, n: the sizes of y and μ per image, the authors' means over pixels).
+    """∇_μ of RED-diff's per-image loss ℓ(μ) = ‖y − A(μ)‖²/(2m) + λ_t·⟨sg(ε̂ − ε), μ⟩/n:
+    Jᵀ(A(μ) − y)/m + λ_t(ε̂ − ε)/n (m, n: the sizes of y and μ per image, the authors' means over pixels), Jᵀ the
+    operator's ``vjp`` at μ (the explicit Aᵀ for a linear A, bit-identical; autograd through A otherwise).
 
     sg is the stop-gradient: ε̂ = ε(x_t, t) enters as a constant, no backpropagation through the UNet.
     """
     m, n = y[0].numel(), mu[0].numel()
-    return operator.adjoint(operator(mu) - y) / m + lam_t * (eps_hat - eps) / n
+    return operator.vjp(mu, operator(mu) - y) / m + lam_t * (eps_hat - eps) / n
 
 
 @sampler(
     measurement=True,
     unet_grad=False,
-    operator=frozenset({"linear", "adjoint", "pinv"}),
+    operator=frozenset({"differentiable"}),
     noise=frozenset({"gaussian"}),
     network_calls=per_step,
     sampling_steps=per_step,
@@ -57,8 +58,9 @@ def reddiff(
     weighting, the code's ``denoise_term_weight: linear``). The paper's 1/(2σ_y²) on the data term is
     absorbed into λ (the best λ here grows with σ_y²: 0.05 at σ_y = 0.05, 4 at 0.4) and the means over
     pixels (/m, /n) follow the authors' code (``obs_weight`` 1, ``lam`` their ``grad_term_weight``); losses are summed over images, so each image has its own Adam state and an
-    image's result does not depend on its batch. μ starts at A⁺y (the authors' init; ``x`` is only a shape);
-    the gradient is ``reddiff_gradient`` (operator.adjoint, no autograd). Returns the final μ: a MAP-like
+    image's result does not depend on its batch. μ starts at A⁺y (the authors' init; ``x`` is only a shape), or
+    at the operator's ``baseline(y)`` for one without ``pinv`` (a nonlinear A); the gradient is
+    ``reddiff_gradient`` (``operator.vjp``: the explicit adjoint for a linear A, no autograd through the UNet). Returns the final μ: a MAP-like
     point estimate, not a posterior sample.
     """
     require_measurement("reddiff", y, operator)
@@ -67,7 +69,8 @@ def reddiff(
     if lr <= 0:
         raise ValueError(f"sampler.lr={lr} must be > 0 (Adam's learning rate)")
     ab_all, _ = grid_alphas(model, timesteps, x)
-    mu = operator.pinv(y).to(x.dtype).clone()
+    start = operator.pinv(y) if "pinv" in operator.capabilities else operator.baseline(y)
+    mu = start.to(x.dtype).clone()
     optimizer = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.99))
     check = FiniteCheck("reddiff", f"sampler.lr={lr} too large", timesteps, x.device)
     for i, t in enumerate(timesteps):

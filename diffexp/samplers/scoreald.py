@@ -21,10 +21,16 @@ def likelihood_score(operator: Any, x: Tensor, y: Tensor, ab: Tensor) -> Tensor:
     The covariance is the one a flat prior propagates: x̃_t = x0 + γ_t·ε, so A x̃_t − y has covariance
     γ_t²AAᵀ + σ_y²I (exact for a prior much broader than γ_t). ``operator.solve_aat`` applies its
     inverse in closed form (identity, masks, average pooling, circular blur) or by conjugate gradients.
+    Aᵀ is ``operator.vjp`` at x̃_t (the explicit adjoint for a linear A, bit-identical). An operator without
+    ``solve_aat`` (a nonlinear A) gets Jalal et al.'s paper form Jᵀ(y − A(x̃_t))/(σ_y² + γ_t²)/sqrt(ᾱ_t), J the
+    Jacobian at x̃_t (the propagated covariance with JJᵀ taken as I).
     """
     gamma2 = (1 - ab) / ab
-    r = y - operator(x / ab.sqrt())
-    return operator.adjoint(operator.solve_aat(r, aat_weight=gamma2, noise_var=operator.sigma_y**2)) / ab.sqrt()
+    x_tilde = x / ab.sqrt()
+    r = y - operator(x_tilde)
+    if "solve_aat" not in operator.capabilities:
+        return operator.vjp(x_tilde, r / (operator.sigma_y**2 + gamma2)) / ab.sqrt()
+    return operator.vjp(x_tilde, operator.solve_aat(r, aat_weight=gamma2, noise_var=operator.sigma_y**2)) / ab.sqrt()
 
 def network_calls(timesteps: Tensor, corrector_steps: int = 1, **hparams: object) -> int:
     """UNet evaluations per image (metrics.json ``nfe``): the corrector runs after every step but the last."""
@@ -34,7 +40,7 @@ def network_calls(timesteps: Tensor, corrector_steps: int = 1, **hparams: object
 @sampler(
     measurement=True,
     unet_grad=False,
-    operator=frozenset({"linear", "adjoint", "solve_aat"}),
+    operator=frozenset({"differentiable"}),  # solve_aat where offered, else the paper's scalar form
     noise=frozenset({"gaussian"}),
     network_calls=network_calls,
     sampling_steps=per_step,
