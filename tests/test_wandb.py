@@ -78,8 +78,8 @@ def test_single_run_logs_summary_config_images_table_and_steps(tmp_path: Path) -
     assert config["output_dir"] == str(out)  # ${hydra:runtime.output_dir}, resolved
     assert config["sampler"]["num_steps"] == 3 and config["task"]["operator"]["sigma_y"] == 0.4  # ${task.sigma_y}
     assert config["model"]["_target_"] == "diffexp.models.diffusion.tiny_model"
-    assert config["choices"] == {"model": "tiny", "sampler": "ddpm", "task": "denoise", "data": "synthetic",
-                                 "logger": "wandb", "tuned": "denoise_ddpm"}
+    assert config["choices"] == {"model": "tiny", "sampler": "ddpm", "task": "denoise", "noise": "gaussian",
+                                 "data": "synthetic", "logger": "wandb", "tuned": "denoise_ddpm"}
     assert config["overrides"]["sampler.num_steps"] == 3 and config["overrides"]["metrics.lpips"] is False
 
     records = inspect(run_dir, summary=False)
@@ -178,6 +178,9 @@ def test_multirun_over_seeds_names_runs_fully_and_reports_configurations(tmp_pat
     report_run = record(inspect(report_dir, summary=False), "run")
     assert report_run["job_type"] == "report" and report_run["run_group"] == "seed_sweep"
     assert report["state"] == "finished" and report["summary"]["summary"]["nrows"] == 2
+    from diffexp.tracking.dashboard import TABLES
+
+    assert TABLES["comparison"] in report["summary"]  # the table the dashboard's comparison panel shows
     summary = report["summary"]
     assert summary["best/sampler"] == "ddpm" and summary["best/seeds"] == 2 and summary["best/n"] == 4
     assert summary["best/psnr/mean"] == pytest.approx(np.mean(per_image))
