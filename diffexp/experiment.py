@@ -4,6 +4,11 @@ The run is a list of stages, each a small function: check (``diffexp.validate``)
 output directory → ``prepare`` (device, model, problem, metrics, data) → ``open_records`` (recorder, tracker) →
 for each batch ``solve_batch`` (measure, initial state, sample; ``diffexp.solve``) → ``evaluate`` → record →
 ``finish`` (distribution metrics, tracker, console summary).
+
+With ``num_samples=K`` > 1 a batch is a list of (image, sample) pairs (``sample_batches``; ``batch_size`` counts
+samples), solved by ``solve_samples`` (each image measured once; sample k from its own stream, ``diffexp.rng``),
+scored per sample by ``evaluate``, and each image whose K samples are recorded gets its posterior statistics
+(``diffexp.evaluation.posterior.image_statistics``). FID/KID are not computed then (they read ``images/<i>.png``).
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from tqdm import tqdm
 
 from diffexp.errors import ConfigError, DataError
 from diffexp.evaluation.fid import DistributionMetrics, add_distribution
+from diffexp.evaluation.posterior import image_statistics, mean_std
 from diffexp.models.prior import Prior
 from diffexp.rng import image_generator
 from diffexp.rundir.claim import claim
+from diffexp.rundir.posterior import PosteriorRecorder
 from diffexp.rundir.recorder import Recorder, settings_hash, settings_values
 from diffexp.rundir.runconfig import restore_hydra_files
 from diffexp.runtime import DTYPES, resolve_device
-from diffexp.solve import Problem, Solved, solve_batch
+from diffexp.solve import Problem, Solved, distinct_images, solve_batch, solve_samples
 from diffexp.tracking.console import log_summary
 from diffexp.validate import config_problems, model_problems, unloaded_model_problems, validate_data
 
@@ -148,6 +155,9 @@ def prepare(cfg: DictConfig, model: Prior) -> Setup:
         torch.set_num_threads(cfg.runtime.threads)
     model = model.prepare(device=device, dtype=DTYPES[cfg.runtime.dtype], channels_last=cfg.runtime.channels_last,
                           compile=cfg.runtime.compile)
+    if cfg.get("num_samples", 1) > 1 and cfg.task.operator is None:
+        raise ConfigError([f"num_samples={cfg.num_samples}: posterior samples need a measurement; task={cfg.task.name} "
+                           "has none (use num_images for more samples)"])
     problem = Problem.from_config(cfg, model, device)
     has_truth = problem.operator_factory is not None
     if has_truth:
@@ -180,9 +190,14 @@ def open_records(cfg: DictConfig, setup: Setup, previous: dict[str, Any] | None)
         "nfe": setup.problem.network_calls, "channels": setup.model.channels, "t_start": int(setup.problem.grid[0]),
         "settings": settings_hash(cfg), "settings_values": settings_values(cfg),
     }
+    num_samples = int(cfg.get("num_samples", 1))
+    if num_samples > 1:  # nfe per image (all its samples) and per sample; K = 1 keeps the header as it was
+        header = {**header, "num_samples": num_samples, "nfe": num_samples * setup.problem.network_calls,
+                  "nfe_per_sample": setup.problem.network_calls}
     out_dir = Path(cfg.output_dir)
-    recorder = Recorder(out_dir, header, has_truth=setup.truth is not None, previous=previous,
-                        image_shape=tuple(setup.model.image_shape))
+    common = {"has_truth": setup.truth is not None, "previous": previous, "image_shape": tuple(setup.model.image_shape)}
+    recorder = (PosteriorRecorder(out_dir, header, **common, num_samples=num_samples) if num_samples > 1
+                else Recorder(out_dir, header, **common))
     recorder.start(cfg)  # run_config.yaml and metrics.json (running) before the first image
     return recorder, instantiate(cfg.logger)(cfg=cfg, output_dir=out_dir)
 
@@ -191,6 +206,40 @@ def batches(cfg: DictConfig, done: set[int] | Any) -> list[list[int]]:
     """The image indices still to do, in batches of ``batch_size``."""
     todo = [i for i in range(cfg.num_images) if i not in done]
     return [todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)]
+
+
+def sample_batches(cfg: DictConfig, done: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """The (image, sample) pairs still to do, image by image, in batches of ``batch_size`` pairs (``num_samples``
+    > 1): the samples of an image share a batch unless ``batch_size`` splits them."""
+    todo = [(i, k) for i in range(cfg.num_images) for k in range(cfg.num_samples) if (i, k) not in done]
+    return [todo[n : n + cfg.batch_size] for n in range(0, len(todo), cfg.batch_size)]
+
+
+def _solve_posterior_batch(
+    cfg: DictConfig, setup: Setup, recorder: PosteriorRecorder, batch: list[tuple[int, int]], callback: Any
+) -> None:
+    """Sample, score and record a batch of (image, sample) pairs, then the posterior of every image now complete."""
+    start = time.perf_counter()
+    images = distinct_images(batch)
+    truth = setup.truth[images].to(setup.device)
+    solved = solve_samples(setup.problem, setup.model, truth, batch, seed=cfg.seed, callback=callback)
+    seconds = time.perf_counter() - start
+    rows, baseline, raw = evaluate(setup.metrics, solved, truth[list(solved.rows)], len(batch))
+    first = [solved.rows.index(n) for n in range(len(images))]  # each image's first row
+    recorder.add_samples(batch, solved.x, rows, seconds, truth=truth, measurement=baseline[first],
+                         raw=[raw[j] for j in first], images=images)
+    _record_posteriors(setup, recorder)
+
+
+def _record_posteriors(setup: Setup, recorder: PosteriorRecorder) -> None:
+    """The posterior statistics of every image whose K samples are recorded (after a batch; on resume)."""
+    pending = recorder.pending()
+    for index in pending:
+        samples = recorder.samples_of(index)
+        mean, std = mean_std(samples)
+        recorder.add_image(index, image_statistics(samples, setup.truth[index], setup.metrics), mean, std)
+    if pending:
+        recorder.write("running")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -215,13 +264,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def _run(cfg: DictConfig, setup: Setup, previous: dict[str, Any] | None) -> dict[str, Any]:
     out_dir = Path(cfg.output_dir)
     recorder, logger = open_records(cfg, setup, previous)
-    todo = batches(cfg, recorder.done)
+    posterior = recorder.num_samples > 1
+    todo = sample_batches(cfg, recorder.done_samples) if posterior else batches(cfg, recorder.done)
     steps = setup.problem.sampling_steps
     progress = tqdm(total=len(todo) * steps, desc=f"{cfg.task.name}/{cfg.sampler.name}", unit="step")
     status, error, exit_code = "failed", None, 1
     try:
         with _signals():
+            if posterior:
+                _record_posteriors(setup, recorder)  # resumed: images whose samples were all recorded
             for number, batch in enumerate(todo):
+                if posterior:
+                    callback = functools.partial(_on_step, progress=progress, logger=logger, offset=number * steps)
+                    _solve_posterior_batch(cfg, setup, recorder, batch, callback)
+                    continue
                 gens = [image_generator(cfg.seed, i, setup.device) for i in batch]
                 start = time.perf_counter()
                 truth = setup.truth[batch].to(setup.device) if setup.truth is not None else None
@@ -246,7 +302,7 @@ def _run(cfg: DictConfig, setup: Setup, previous: dict[str, Any] | None) -> dict
         try:  # failing: a write error here (disk full, directory deleted) is logged, the run's own error raised
             result = recorder.finish(status, error, failing=status != "ok")
             if result is not None:
-                result = add_distribution(result, setup.distribution, out_dir)
+                result = add_distribution(result, None if posterior else setup.distribution, out_dir)
                 logger.log_results(result, out_dir)
         except BaseException:
             exit_code = exit_code or 1

@@ -54,6 +54,7 @@ class RunSettings(BaseModel):
     runtime: Any
     seed: NonNegativeInt
     num_images: PositiveInt
+    num_samples: PositiveInt = 1  # posterior samples per measurement (diffexp.evaluation.posterior)
     batch_size: PositiveInt
     resume: bool
     overwrite: bool

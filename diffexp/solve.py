@@ -5,6 +5,10 @@ benchmarks call, so that both solve a batch the same way.
 declaration, the time grid, the task's operator factory, SDEdit or not); ``solve_batch`` then solves the images
 of one batch from their generators. Every draw of image i comes from ``generators[i]`` (``diffexp.rng``):
 the operator's random parameters and the measurement noise first, then the sampler's noise.
+
+``solve_samples`` solves a batch of (image, sample) pairs (``num_samples=K``): each distinct image is measured once
+from its own stream, and each pair is sampled from its own (``diffexp.rng``: sample 0 continues the image's stream,
+sample k ≥ 1 has ``sample_generator``), so all samples of an image share y and the operator's parameters.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import Tensor
 from diffexp.errors import SamplingDivergedError
 from diffexp.models.prior import Prior
 from diffexp.models.schedule import respaced_timesteps, sdedit_start
+from diffexp.rng import image_generator, sample_generator
 from diffexp.samplers.base import Callback
 from diffexp.samplers.registry import GRID_KEYS, SamplerSpec, spec_of
 
@@ -73,11 +78,16 @@ class Problem:
 
 @dataclass(frozen=True)
 class Solved:
-    """A solved batch: the output in [-1, 1] (float32), and the operator and measurement it was solved for."""
+    """A solved batch: the output in [-1, 1] (float32), and the operator and measurement it was solved for.
+
+    From ``solve_samples`` also: ``images``, the distinct image indices of the batch in first-seen order, and
+    ``rows``, the position in ``images`` of each output row's image (empty from ``solve_batch``)."""
 
     x: Tensor
     y: Tensor | None
     operator: Any
+    images: tuple[int, ...] = ()
+    rows: tuple[int, ...] = ()
 
 
 def measure(
@@ -123,6 +133,53 @@ def solve_batch(
     operator = y = None
     if problem.operator_factory is not None:
         operator, y = measure(problem, model, truth, generators)
+    return _sample(problem, model, operator, y, generators, callback)
+
+
+def distinct_images(pairs: Sequence[tuple[int, int]]) -> list[int]:
+    """The image indices of (image, sample) ``pairs``, each once, in first-seen order."""
+    return list(dict.fromkeys(i for i, _ in pairs))
+
+
+def solve_samples(
+    problem: Problem,
+    model: Prior,
+    truth: Tensor | None,
+    pairs: Sequence[tuple[int, int]],
+    *,
+    seed: int,
+    callback: Callable[[dict[str, Any], Any, Tensor | None], None] | None = None,
+) -> Solved:
+    """Posterior samples of (image i, sample k) ``pairs``: ``truth`` holds the images ``distinct_images(pairs)``
+    (None: generation). Each image is measured once, from ``image_generator(seed, i)``; the row of (i, k) then
+    samples from that generator's continuation for k = 0 and from ``sample_generator(seed, i, k)`` for k ≥ 1, with
+    an operator whose parameters are drawn again from image i's stream (so equal to the measurement's)."""
+    device = problem.grid.device
+    images = distinct_images(pairs)
+    position = {i: n for n, i in enumerate(images)}
+    rows = tuple(position[i] for i, _ in pairs)
+    streams = [image_generator(seed, i, device) for i in images]
+    operator = y = None
+    if problem.operator_factory is not None:
+        operator, y = measure(problem, model, truth, streams)
+    generators = [streams[position[i]] if k == 0 else sample_generator(seed, i, k, device) for i, k in pairs]
+    if operator is not None and rows != tuple(range(len(images))):  # several samples of an image: one row each
+        fresh = [image_generator(seed, i, device) for i, _ in pairs]
+        operator = problem.operator_factory(image_shape=model.image_shape, generators=fresh).to(truth.device)
+        y = y[list(rows)]
+    solved = _sample(problem, model, operator, y, generators, callback)
+    return Solved(solved.x, solved.y, solved.operator, tuple(images), rows)
+
+
+def _sample(
+    problem: Problem,
+    model: Prior,
+    operator: Any,
+    y: Tensor | None,
+    generators: Sequence[torch.Generator],
+    callback: Callable[[dict[str, Any], Any, Tensor | None], None] | None,
+) -> Solved:
+    """Initial state, sampling and clamping of a measured batch (one generator per row)."""
     x = initial_state(problem, model, y, generators)
     step: Callback | None = None if callback is None else functools.partial(_forward, callback, operator, y)
     try:

@@ -25,7 +25,7 @@ RULES = {
     "batch_size_type": (["batch_size=2.5"], "batch_size=2.5 is invalid: allowed is an integer >= 1"),
     "seed": (["seed=-1"], "seed=-1 is invalid: allowed is an integer >= 0"),
     "resume": (["resume=maybe"], "resume='maybe' is invalid: allowed is true or false"),
-    "optimized_metric": (["optimized_metric=fid"], "optimized_metric='fid' is invalid: allowed is one of psnr, ssim"),
+    "optimized_metric": (["optimized_metric=fid"], "optimized_metric='fid' is invalid: allowed is one of psnr, aligned_psnr, ssim"),
     "num_steps_low": (["sampler.num_steps=0"], "sampler.num_steps=0 is invalid: allowed is an integer >= 1"),
     "num_steps_T": (
         ["sampler.num_steps=1001"],

@@ -35,7 +35,7 @@ from diffexp.rundir.runconfig import RUN_CONFIG
 log = logging.getLogger(__name__)
 LOCK_FILE = ".diffexp.lock"
 RESULT_DIRS = ("images", "measurements")
-RESULT_FILES = ("metrics.json", "grid.png", RUN_CONFIG)
+RESULT_FILES = ("metrics.json", "grid.png", "coverage.png", RUN_CONFIG)  # coverage.png: num_samples > 1
 LISTED = 5  # foreign files named in a refusal
 
 
@@ -137,7 +137,8 @@ def _run_output(directory: str, previous: dict[str, Any] | None, recorded_run: b
     the indices ``previous`` names, any run's names when its ``metrics.json`` is there but unreadable, and none
     when there is no ``metrics.json`` at all (a run writes it before its first image: files without one are
     not a run's, even when named like ``00000.png``)."""
-    suffix = r"(_truth|_measurement)?\.png" if directory == "images" else r"\.pt"
+    # num_samples > 1 adds <i>_s<k>, <i>_mean and <i>_std PNGs, and <i>_s<k> and <i>_posterior records
+    suffix = r"(_truth|_measurement|_mean|_std|_s\d+)?\.png" if directory == "images" else r"(_posterior|_s\d+)?\.pt"
     pattern = re.compile(rf"(\d{{5,}}){suffix}")
     num_images = (previous or {}).get("num_images")
     limit = int(num_images) if isinstance(num_images, (int, float)) else 0

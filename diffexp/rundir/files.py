@@ -12,16 +12,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-METRICS = ("psnr", "ssim", "lpips", "residual")  # per-image metrics of metrics.json (and baseline_<name>)
+METRICS = ("psnr", "aligned_psnr", "ssim", "lpips", "residual")  # per-image metrics of metrics.json (and baseline_<name>)
 IMAGE_SUFFIXES = ("", "_truth", "_measurement")  # images/<index><suffix>.png
+# num_samples=K > 1: images/<index>_s<k>.png per sample and measurements/<index>_s<k>.pt (its raw values), and per
+# image images/<index>_mean.png, <index>_std.png (a heat map with a colour bar), measurements/<index>_posterior.pt
+POSTERIOR_SUFFIXES = ("_mean", "_std")
+POSTERIOR_RECORD = "_posterior"
 
 
 def image_name(index: int, suffix: str = "") -> str:
     return f"{index:05d}{suffix}.png"
 
 
-def measurement_name(index: int) -> str:
-    return f"{index:05d}.pt"
+def sample_suffix(sample: int) -> str:
+    """``_s<k>``: the suffix of posterior sample k's files (``num_samples`` > 1)."""
+    return f"_s{sample}"
+
+
+def measurement_name(index: int, suffix: str = "") -> str:
+    return f"{index:05d}{suffix}.pt"
 
 
 def is_temporary(name: str) -> bool:
@@ -116,7 +125,9 @@ def metrics_problems(data: Any, *, need_rows: bool = False) -> list[str]:
             problems.append(f"per_image[{n}].diverged={row['diverged']!r} is not true/false")
         elif row.get("diverged") and not (_number(row.get("residual")) and _number(row.get("residual_limit"))):
             problems.append(f"per_image[{n}] is diverged without a residual and residual_limit")
-    for key in ("seconds", "seconds_per_image", "nfe", "num_finished", "num_images"):
+    problems += _sample_row_problems(data.get("per_sample"))
+    for key in ("seconds", "seconds_per_image", "seconds_per_sample", "nfe", "nfe_per_sample", "num_finished",
+                "num_finished_samples", "num_images", "num_samples"):
         if data.get(key) is not None and not (_number(data[key]) and data[key] >= 0):
             problems.append(f"{key}={data[key]!r} is not a finite number >= 0 or null")
     for key in ("status", "error"):
@@ -136,6 +147,31 @@ def metrics_problems(data: Any, *, need_rows: bool = False) -> list[str]:
                 problems.append(f"{block}.{name}={stats!r} is not {{mean, std}} (numbers or null)")
     if "settings_values" in data and not isinstance(data["settings_values"], dict):
         problems.append("settings_values is not an object")
+    return problems
+
+
+def _sample_row_problems(rows: Any) -> list[str]:
+    """What is wrong with a ``per_sample`` list (``num_samples`` > 1): rows with an image index, a sample index,
+    each pair once, and numbers or null for the metrics."""
+    if rows is None:
+        return []
+    if not isinstance(rows, list):
+        return ["per_sample is not a list"]
+    problems, seen = [], set()
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict):
+            problems.append(f"per_sample[{n}] is not an object")
+            continue
+        pair = (row.get("index"), row.get("sample"))
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pair):
+            problems.append(f"per_sample[{n}] has no image index and sample index")
+        elif pair in seen:
+            problems.append(f"per_sample[{n}] (image {pair[0]}, sample {pair[1]}) appears twice")
+        else:
+            seen.add(pair)
+        for key in (*METRICS, "residual_limit"):
+            if row.get(key) is not None and not _number(row[key]):
+                problems.append(f"per_sample[{n}].{key}={row[key]!r} is not a finite number or null")
     return problems
 
 

@@ -5,6 +5,9 @@
 ``measurements/<index>.pt`` (raw y and the operator's per-image parameters) and ``grid.png``. Every file is
 written atomically (``diffexp.rundir.files.atomic_write``): a crash or a full disk never leaves a partial file.
 A write that fails (disk full, the directory deleted mid-run) ends the run with one ``RunDirError``.
+
+With ``num_samples=K`` > 1 ``diffexp.rundir.posterior.PosteriorRecorder`` records each posterior sample and each
+image's posterior; with K = 1 (this class) the files are those of a run before ``num_samples`` existed.
 """
 
 from __future__ import annotations
@@ -37,6 +40,15 @@ __all__ = ["METRICS", "RESULT_SETTINGS", "Recorder", "settings_diff", "settings_
 log = logging.getLogger(__name__)
 # What decides an image's result: resume refuses an output dir written with other values of these.
 RESULT_SETTINGS = ("model", "sampler", "task", "data", "metrics", "seed", "runtime.dtype")
+
+
+def summarize_ci(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, dict[str, Any]]:
+    """``summarize`` with the 95 % bootstrap interval over images of each mean (``ci``; ``num_samples`` > 1)."""
+    from diffexp.evaluation.posterior import bootstrap_ci
+
+    return {name: {**block, "ci": bootstrap_ci([r.get(prefix + name) for r in rows]) if block["mean"] is not None
+                   else None}
+            for name, block in summarize(rows, prefix).items()}
 
 
 def summarize(rows: list[dict[str, Any]], prefix: str = "") -> dict[str, dict[str, float | None]]:
@@ -153,15 +165,17 @@ def _damaged_png(path: Path, image_shape: tuple[int, ...] | None) -> str | None:
     return None
 
 
-def _damaged_measurement(path: Path) -> str | None:
-    """Why ``measurements/<index>.pt`` cannot be used again, or None."""
+def _damaged_measurement(path: Path, keys: tuple[str, ...] = ("y",)) -> str | None:
+    """Why ``measurements/<index>.pt`` (or a sample's or posterior's record, holding ``keys``) cannot be used
+    again, or None."""
     if not path.is_file():
         return "missing"
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a corrupt file
         return f"unreadable ({type(err).__name__})"
-    return None if isinstance(raw, dict) and isinstance(raw.get("y"), Tensor) else "not a measurement record"
+    ok = isinstance(raw, dict) and all(isinstance(raw.get(k), Tensor) for k in keys)
+    return None if ok else "not a measurement record"
 
 
 class Recorder:
@@ -175,6 +189,8 @@ class Recorder:
             against ``header`` and the files on disk.
         image_shape: (C, H, W) of the images, to check the size of the PNGs kept on resume (None: not checked).
     """
+
+    num_samples = 1  # posterior samples per image (``PosteriorRecorder``: K > 1)
 
     def __init__(
         self,
@@ -226,6 +242,9 @@ class Recorder:
                 + problems,
                 title="resume=true refused",
             )
+        if self.num_samples > 1 or int(previous.get("num_samples") or 1) > 1:
+            self._resume_samples(previous, path)
+            return
         rows = previous["per_image"]
         num_images = self.header.get("num_images", math.inf)
         beyond = sorted(row["index"] for row in rows if row["index"] >= num_images)
@@ -245,6 +264,12 @@ class Recorder:
                 self.rows[index] = row
         seconds = float(previous.get("seconds") or 0.0)
         self.seconds = seconds * len(self.rows) / len(rows) if rows else 0.0  # the time of the rows kept
+
+    def _resume_samples(self, previous: dict[str, Any], path: Path) -> None:
+        """A run of several samples per image is resumed by ``PosteriorRecorder`` only (``num_samples`` > 1)."""
+        raise ConfigError([f"{path} holds a run with num_samples={previous.get('num_samples')}, not 1: a run with "
+                           "num_samples=1 names its outputs images/<i>.png, one with more images/<i>_s<k>.png; resume "
+                           "with its num_samples or more, or choose another output dir"], title="resume=true refused")
 
     def _damaged(self, index: int) -> list[str]:
         """``["<path> is missing", ...]``: the recorded files of image ``index`` that cannot be used again."""
@@ -395,10 +420,13 @@ class Recorder:
                     tiles.append(_load_png(path, channels))
             return torch.stack(tiles)
 
-        if self.has_truth:
-            grid = comparison_grid([load("_truth"), load("_measurement"), load("")])
-        else:
-            grid = make_grid(load(""), nrow=math.ceil(math.sqrt(len(indices))))
+        grid = self._grid(indices, load)
         path = self.out_dir / "grid.png"
         with self._writing(path):
             save_png(grid, path)
+
+    def _grid(self, indices: list[int], load: Callable[[str], Tensor]) -> Image.Image:
+        """truth | measurement | reconstruction per image (inverse tasks), else the outputs in a square."""
+        if self.has_truth:
+            return comparison_grid([load("_truth"), load("_measurement"), load("")])
+        return make_grid(load(""), nrow=math.ceil(math.sqrt(len(indices))))

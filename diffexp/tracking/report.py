@@ -7,7 +7,11 @@ multirun dir,
 mean ± std pooled over seeds and images, n; the best configuration by ``optimized_metric`` marked ★,
 diverged runs ⚠ and never best) and ``metric_vs_<key>.png`` (PSNR/SSIM/LPIPS against each numeric swept
 key, one line per combination of the other swept keys). ``seed`` is never a configuration key: seeds
-repeat a configuration. A job that failed or died is a row with status ``failed`` and its error, and so is a job
+repeat a configuration. Every pooled mean has its 95 % bootstrap interval over images (``<metric> 95% CI``), and
+``summary.md`` ends with the *paired* comparison of the configurations that ran on the same images (same task and
+data): the per-image difference of ``optimized_metric`` to the best one, with its bootstrap interval, marked not
+significant when the interval includes 0 (``paired_differences``); runs with ``num_samples`` > 1 add the
+posterior mean's metric and the coverage of the 90 % intervals. A job that failed or died is a row with status ``failed`` and its error, and so is a job
 whose files cannot be read (a garbled ``metrics.json``, ``overrides.yaml``, ``config.yaml`` or ``job_error.json``):
 the report is written all the same. Every file is written atomically.
 """
@@ -26,6 +30,7 @@ from typing import Any
 
 
 from diffexp.errors import NotASweepError
+from diffexp.evaluation.posterior import bootstrap_ci
 from diffexp.rundir.files import read_metrics, replacing, write_text
 from diffexp.rundir.runconfig import RUN_CONFIG, RunConfigUnreadable, read_run_config
 
@@ -168,12 +173,28 @@ class Config:
         """Only a configuration whose every run finished ``ok`` can be best (never a diverged one)."""
         return all(job.status == "ok" for job in self.jobs)
 
-    def stats(self, metric: str, block: str = "metrics") -> dict[str, float | int | None]:
-        """Mean ± std of ``metric`` over the images of every finished seed, pooled, and n (images).
+    def per_image(self, key: str) -> dict[int, float] | None:
+        """``key`` of each image index (``per_image`` rows), averaged over the finished seeds that have it; None
+        when a finished job lacks a value for one of its images."""
+        values: dict[int, list[float]] = {}
+        for job in self.jobs:
+            if job.status not in ("ok", "diverged"):
+                continue
+            for row in job.result.get("per_image") or []:
+                v = row.get(key)
+                if not (isinstance(v, (int, float)) and math.isfinite(v)):
+                    return None
+                values.setdefault(row["index"], []).append(float(v))
+        return {i: sum(v) / len(v) for i, v in values.items()} if values else None
+
+    def stats(self, metric: str, block: str = "metrics") -> dict[str, Any]:
+        """Mean ± std of ``metric`` over the images of every finished seed, pooled, n (images), and the 95 %
+        bootstrap interval of the mean over those images (``ci``; None without per-image values).
 
         Per-image values from ``metrics.json`` when present; else each job's mean/std (population) and
         image count, combined exactly: var = mean of (std² + mean²) − mean².
         """
+        pooled: list[float] | None = []
         parts: list[tuple[float, float, int]] = []  # (mean, std, n) per job
         for job in self.jobs:
             if job.status not in ("ok", "diverged"):
@@ -183,17 +204,20 @@ class Config:
             if values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
                 mean = sum(values) / len(values)
                 parts.append((mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)), len(values)))
+                pooled = None if pooled is None else pooled + values
                 continue
+            pooled = None
             stats = job.result.get(block, {}).get(metric) or {}
             if stats.get("mean") is not None and math.isfinite(stats["mean"]):
                 n = int(job.result.get("num_finished") or job.result.get("num_images") or 1)
                 parts.append((stats["mean"], stats.get("std") or 0.0, n))
         if not parts:
-            return {"mean": None, "std": None, "n": 0}
+            return {"mean": None, "std": None, "n": 0, "ci": None}
         n = sum(p[2] for p in parts)
         mean = sum(m * k for m, _, k in parts) / n
         second = sum((sd**2 + m**2) * k for m, sd, k in parts) / n
-        return {"mean": mean, "std": math.sqrt(max(second - mean**2, 0.0)), "n": n}
+        ci = bootstrap_ci(pooled) if pooled else None
+        return {"mean": mean, "std": math.sqrt(max(second - mean**2, 0.0)), "n": n, "ci": ci}
 
 
 def configurations(jobs: Sequence[Job]) -> list[Config]:
@@ -225,7 +249,9 @@ def table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
     stats: list[str] = []
     for block, prefix in (("metrics", ""), ("baseline", "baseline_")):
         names = dict.fromkeys(m for job in jobs for m in job.result.get(block, {}))
-        stats += [f"{prefix}{m}_{s}" for m in names for s in ("mean", "std")]
+        stats += [f"{prefix}{m}_{s}" for m in names for s in ("mean", "std", "ci_low", "ci_high")]
+    posterior = [f"{block}_{m}_{s}" for block, m in _posterior_columns(jobs) for s in ("mean", "ci_low", "ci_high")]
+    stats += posterior
     best = best_config(configurations(jobs), optimized_metric(jobs))
     columns = ["job", "status", *keys, *stats, "nfe", "seconds_per_image", "num_finished", "best", "error"]
     rows = []
@@ -234,11 +260,112 @@ def table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
         for block, prefix in (("metrics", ""), ("baseline", "baseline_")):
             for m, values in job.result.get(block, {}).items():
                 row.update({f"{prefix}{m}_{s}": values.get(s) for s in ("mean", "std")})
+                ci = values["ci"] if "ci" in values else bootstrap_ci(
+                    [r.get(prefix + m) for r in job.result.get("per_image") or []])
+                row.update({f"{prefix}{m}_ci_low": ci[0] if ci else None, f"{prefix}{m}_ci_high": ci[1] if ci else None})
+        for block, m in _posterior_columns(jobs):
+            values = (job.result.get(block) or {}).get(m) or {}
+            ci = values.get("ci")
+            row.update({f"{block}_{m}_mean": values.get("mean"), f"{block}_{m}_ci_low": ci[0] if ci else None,
+                        f"{block}_{m}_ci_high": ci[1] if ci else None})
         row.update({k: job.result.get(k) for k in ("nfe", "seconds_per_image", "num_finished")})
         row["best"] = best is not None and job in best.jobs
         row["error"] = job.error
         rows.append(row)
     return columns, rows
+
+
+def _posterior_columns(jobs: Sequence[Job]) -> list[tuple[str, str]]:
+    """(block, name) of the posterior numbers some job has (``num_samples`` > 1): the posterior mean's and the
+    oracle's metrics, and the coverage of the 50 % and 90 % intervals."""
+    out: dict[tuple[str, str], None] = {}
+    for job in jobs:
+        for block in ("posterior_mean", "oracle_best_of_k", "coverage"):
+            for name, stats in (job.result.get(block) or {}).items():
+                if isinstance(stats, dict) and "mean" in stats:
+                    out[(block, name)] = None
+    return list(out)
+
+
+def _group_key(config: Config) -> tuple[Any, ...]:
+    """What must agree for two configurations to be compared image by image: the task and the data settings."""
+    result = next((job.result for job in config.jobs if job.result), {})
+    data = {k: v for k, v in (result.get("settings_values") or {}).items() if k.startswith("data.")}
+    return (result.get("task"), json.dumps(data, sort_keys=True, default=str))
+
+
+@dataclass
+class Paired:
+    """One configuration against the best of its group, image by image."""
+
+    config: Config
+    key: str  # the per-image key compared (the optimized metric, or posterior_mean_<metric>)
+    mean: float | None  # of the configuration, over the shared images
+    diff: float | None  # mean of (this − best) over the shared images
+    ci: list[float] | None
+    n: int  # shared images
+
+    @property
+    def significant(self) -> bool | None:
+        return None if self.ci is None else not (self.ci[0] <= 0 <= self.ci[1])
+
+
+def paired_differences(jobs: Sequence[Job], key: str | None = None) -> list[tuple[Config, list[Paired]]]:
+    """Per group of configurations on the same images (``_group_key``) with at least two: the best (eligible, by
+    the pooled mean of ``key``, default ``optimized_metric``) and every configuration's paired difference to it
+    over their shared image indices (per-image values averaged over seeds), with the bootstrap interval."""
+    metric = optimized_metric(jobs)
+    key = key or metric
+    lower = metric in LOWER_IS_BETTER
+    groups: dict[tuple[Any, ...], list[Config]] = {}
+    for config in configurations(jobs):
+        if any(job.status in ("ok", "diverged") for job in config.jobs):
+            groups.setdefault(_group_key(config), []).append(config)
+    out = []
+    for configs in groups.values():
+        values = {id(c): c.per_image(key) for c in configs}
+        scored = [(sum(v.values()) / len(v), c) for c in configs if c.eligible and (v := values[id(c)])]
+        if len(configs) < 2 or not scored:
+            continue
+        best = (min if lower else max)(scored, key=lambda pair: pair[0])[1]
+        rows = []
+        for config in configs:
+            mine, ref = values[id(config)], values[id(best)]
+            shared = sorted(set(mine or {}) & set(ref or {}))
+            if not shared:
+                rows.append(Paired(config, key, None, None, None, 0))
+                continue
+            diffs = [mine[i] - ref[i] for i in shared]
+            rows.append(Paired(config, key, sum(mine[i] for i in shared) / len(shared), sum(diffs) / len(diffs),
+                               bootstrap_ci(diffs) if config is not best else None, len(shared)))
+        out.append((best, rows))
+    return out
+
+
+def _paired_lines(jobs: Sequence[Job]) -> list[str]:
+    """The paired-comparison section of summary.md (empty when no two configurations share their images)."""
+    metric = optimized_metric(jobs)
+    keys = [metric]
+    if any(f"posterior_mean_{metric}" in row for job in jobs for row in job.result.get("per_image") or []):
+        keys.append(f"posterior_mean_{metric}")
+    lines: list[str] = []
+    names = config_keys(jobs)
+    for key in keys:
+        for best, rows in paired_differences(jobs, key):
+            task = _group_key(best)[0]
+            lines += [f"## Paired by image: {key}" + (f" ({task})" if task else ""), "",
+                      f"Difference to the best configuration over the images both ran, with its 95 % bootstrap "
+                      "interval over images; ≈ marks a difference whose interval includes 0 (not significant).", "",
+                      "| | job | " + " | ".join([*names, key, "Δ to best", "95% CI", "n"]) + " |",
+                      "|" + "---|" * (6 + len(names))]
+            for p in rows:
+                mark = "best" if p.config is best else "≈" if p.significant is False else ""
+                ci = f"[{p.ci[0]:.3g}, {p.ci[1]:.3g}]" if p.ci else ""
+                cells = [mark, p.config.name, *[_override(p.config.values.get(k)) for k in names], _fmt(p.mean),
+                         "" if p.config is best else _fmt(p.diff), ci, str(p.n)]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+    return lines
 
 
 def config_table(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -295,6 +422,21 @@ def _override(value: str | None) -> str:
     return f"{number:.4g}" if number is not None and len(value or "") > 8 else _fmt(value)
 
 
+def _ci(ci: list[float] | None) -> str:
+    return f"[{ci[0]:.4g}, {ci[1]:.4g}]" if ci else ""
+
+
+def _posterior_cell(config: Config, block: str, name: str) -> str:
+    """A posterior number of a configuration (one job: its mean [CI]; seeds: the mean of the jobs' means)."""
+    found = [((job.result.get(block) or {}).get(name) or {}) for job in config.jobs if job.status in ("ok", "diverged")]
+    means = [s["mean"] for s in found if s.get("mean") is not None]
+    if not means:
+        return ""
+    if len(found) == 1:
+        return f"{means[0]:.4g} {_ci(found[0].get('ci'))}".rstrip()
+    return f"{sum(means) / len(means):.4g}"
+
+
 def _mean_std(stats: dict[str, float | None]) -> str:
     mean, std = stats.get("mean"), stats.get("std")
     if mean is None:
@@ -317,7 +459,9 @@ def markdown(jobs: Sequence[Job]) -> str:
         lines += ["Fixed: " + ", ".join(f"`{k}={_fmt(v)}`" for k, v in constant.items()), ""]
     if seeds:
         lines += [f"Pooled over {', '.join(seeds)} (mean ± std over seeds and images; n images).", ""]
-    header = ["", "job", "status", *keys, *metrics, "n", "nfe", "s/image", "error"]
+    posterior = [(b, m) for b, m in _posterior_columns(jobs) if b == "posterior_mean" or m == "coverage_90"]
+    header = ["", "job", "status", *keys, *[c for m in metrics for c in (m, f"{m} 95% CI")],
+              *[f"{b} {m}" for b, m in posterior], "n", "nfe", "s/image", "error"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config in configs:
         stats = {m: config.stats(m) for m in metrics}
@@ -326,7 +470,9 @@ def markdown(jobs: Sequence[Job]) -> str:
         diverged = any(job.status == "diverged" for job in config.jobs)
         row = [
             "★" if config is best else "⚠" if diverged else "", config.name, config.status,
-            *[_override(config.values.get(k)) for k in keys], *[_mean_std(stats[m]) for m in metrics],
+            *[_override(config.values.get(k)) for k in keys],
+            *[c for m in metrics for c in (_mean_std(stats[m]), _ci(stats[m].get("ci")))],
+            *[_posterior_cell(config, b, m) for b, m in posterior],
             _fmt(max((s["n"] for s in stats.values()), default=0) or None), _fmt(first.get("nfe")),
             _fmt(first.get("seconds_per_image")), _fmt(errors or None),
         ]
@@ -336,13 +482,16 @@ def markdown(jobs: Sequence[Job]) -> str:
         lines += ["⚠ diverged: the final data residual is far above the measurement's (see metrics.json "
                   "`warnings`); such runs are never best.", ""]
     direction = "lowest" if metric in LOWER_IS_BETTER else "highest"
+    paired = _paired_lines(jobs)
     if best is None:
         lines.append(f"No configuration with every run ok has a {metric} value.")
     else:
         chosen = ", ".join(f"{k}={_override(best.values.get(k))}" for k in keys) or "all jobs alike"
         what = f"jobs {best.name}" if len(best.jobs) > 1 else f"job {best.name}"
         lines.append(f"★ best ({direction} mean {metric}): {what} ({chosen}): {best.stats(metric)['mean']:.4g}")
-    return "\n".join(lines) + "\n"
+    if paired:
+        lines += ["", *paired]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def series(jobs: Sequence[Job], key: str, metric: str) -> dict[str, list[tuple[float, float]]]:
@@ -424,6 +573,8 @@ def write_report(sweep_dir: Path) -> Report:
 def headline(report: Report, max_rows: int = 10) -> str:
     """The top of ``summary.md`` for the console: its first ``max_rows`` table rows and the best line."""
     lines = (report.sweep_dir / "summary.md").read_text().splitlines()
+    paired = next((i for i, line in enumerate(lines) if line.startswith("## Paired by image")), len(lines))
+    lines = lines[:paired]  # the main table and its notes (the paired tables stay in summary.md)
     table_rows = [i for i, line in enumerate(lines) if line.startswith("|")]
     shown = lines[: table_rows[min(len(table_rows), max_rows + 2) - 1] + 1] if table_rows else lines
     if len(table_rows) > max_rows + 2:

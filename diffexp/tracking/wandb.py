@@ -42,7 +42,9 @@ from diffexp.settings import Allowed, Finite, Ge, Gt, PositiveInt
 log = logging.getLogger(__name__)
 MODES = ("auto", "online", "offline", "disabled")
 THUMBNAIL_PX = 128  # longest side of the thumbnails in the per-image table
-IMAGE_COLUMNS = (("truth", "_truth"), ("measurement", "_measurement"), ("output", ""))
+IMAGE_COLUMNS = (("truth", "_truth"), ("measurement", "_measurement"), ("output", ""),  # the last three: K > 1
+                 ("sample 0", "_s0"), ("posterior mean", "_mean"), ("posterior std", "_std"))
+POSTERIOR_BLOCKS = ("posterior_mean", "oracle_best_of_k", "diversity", "coverage")  # metrics.json, num_samples > 1
 RUN_ID_FILE = ".wandb_run_id"  # in the output directory: its one W&B run, continued by resume=true
 PROBE_TIMEOUT = 3.0  # seconds for the TCP probe of the W&B host before an online start
 PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
@@ -188,6 +190,45 @@ def media_in_run_dir(run: wandb.Run) -> Iterator[None]:
             del os.environ["WANDB_DATA_DIR"]
         else:
             os.environ["WANDB_DATA_DIR"] = previous
+
+
+def posterior_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Flat summary keys of the posterior blocks (``num_samples`` > 1): ``posterior_mean/psnr/mean``,
+    ``.../ci_low``, ``.../ci_high``, ``oracle_best_of_k/...``, ``diversity/pixel_std/...``,
+    ``coverage/coverage_90/...``, ``coverage/z2_expected``, and the CIs of ``metrics`` and ``baseline``."""
+    out: dict[str, Any] = {}
+
+    def flat(prefix: str, stats: dict[str, Any]) -> None:
+        out.update({f"{prefix}/{k}": v for k, v in stats.items() if k in ("mean", "std")})
+        ci = stats.get("ci")
+        out.update({f"{prefix}/ci_low": ci[0] if ci else None, f"{prefix}/ci_high": ci[1] if ci else None})
+
+    for block in POSTERIOR_BLOCKS:
+        for name, stats in (result.get(block) or {}).items():
+            if isinstance(stats, dict) and "mean" in stats:
+                flat(f"{block}/{name}", stats)
+    if (result.get("coverage") or {}).get("z2_expected") is not None:
+        out["coverage/z2_expected"] = result["coverage"]["z2_expected"]
+    for prefix, block in (("", "metrics"), ("baseline/", "baseline")):
+        for name, stats in (result.get(block) or {}).items():
+            if "ci" in stats:
+                ci = stats["ci"]
+                out.update({f"{prefix}{name}/ci_low": ci[0] if ci else None,
+                            f"{prefix}{name}/ci_high": ci[1] if ci else None})
+    for key in ("num_samples", "nfe_per_sample", "seconds_per_sample", "num_finished_samples"):
+        if key in result:
+            out[key] = result[key]
+    return out
+
+
+def _coverage_curve(result: dict[str, Any]) -> Any:
+    """The coverage-vs-nominal curve as a W&B line plot (with the diagonal), or None."""
+    curve = (result.get("coverage") or {}).get("curve")
+    if not curve:
+        return None
+    return wandb.plot.line_series(xs=curve["nominal"], ys=[curve["empirical"], curve["nominal"]],
+                                  keys=["empirical", "calibrated"], title="coverage of the truth vs nominal level",
+                                  xname="nominal level")
 
 
 def _thumbnail(path: Path) -> wandb.Image | None:
@@ -343,14 +384,23 @@ class WandbLogger(WandbRun):
             for metric, stats in block.items():
                 summary.update({f"{prefix}{metric}/{stat}": value for stat, value in stats.items()})
         summary.update(summary_values(result.get("distribution")))  # fid, kid/mean, ... (diffexp.evaluation.fid)
+        summary.update(posterior_summary(result))  # num_samples > 1: posterior mean, best of K, calibration
         self.log_summary(summary)
         data: dict[str, Any] = {}
+        curve = _coverage_curve(result)
+        if curve is not None:
+            data["coverage_curve"] = curve
+        if (Path(output_dir) / "coverage.png").is_file():
+            with Image.open(Path(output_dir) / "coverage.png") as img:
+                data["coverage_plot"] = wandb.Image(img.copy(), caption="coverage of the truth vs nominal level")
         rows = result.get("per_image") or []
         if rows:
             data["images"] = self._table(rows, Path(output_dir) / "images")
         grid = Path(output_dir) / "grid.png"
         if grid.is_file():
             caption = "truth | measurement | reconstruction" if result.get("metrics") else "samples"
+            if result.get("num_samples"):
+                caption = "truth | measurement | samples | posterior mean | posterior std"
             with Image.open(grid) as img:
                 data["grid"] = wandb.Image(img.copy(), caption=caption)
         if data:
@@ -362,7 +412,8 @@ class WandbLogger(WandbRun):
 
     def _table(self, rows: list[dict[str, Any]], images: Path) -> wandb.Table:
         """One row per image: index, per-image metrics, thumbnails of truth / measurement / output."""
-        keys = list(dict.fromkeys(key for row in rows for key in row))
+        keys = [k for k in dict.fromkeys(key for row in rows for key in row)
+                if not any(isinstance(row.get(k), list) for row in rows)]  # coverage_curve: in the summary instead
         first = rows[0]["index"]
         pictures = [(col, suffix) for col, suffix in IMAGE_COLUMNS if (images / image_name(first, suffix)).is_file()]
         table = wandb.Table(columns=keys + [col for col, _ in pictures], allow_mixed_types=True)
