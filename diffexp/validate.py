@@ -38,9 +38,10 @@ PROVIDED_BY_RUN = {
     "logger": ("cfg", "output_dir"),
     "sampler": PROVIDED,
     "task.operator": OPERATOR_PROVIDED,
+    "noise": (),
 }
-GROUPS = ("model", "data", "logger", "metrics", "sampler", "task.operator")
-TASK_NOISE = "gaussian"  # the noise model of every task today (task.sigma_y)
+GROUPS = ("model", "data", "logger", "metrics", "sampler", "task.operator", "noise")
+DEFAULT_NOISE = "gaussian"  # the noise model of a config without a ``noise`` group (task.sigma_y)
 
 
 def _raw(node: DictConfig, key: str) -> Any:
@@ -149,10 +150,11 @@ def _names(specs: dict[str, SamplerSpec]) -> str:
 
 
 def pairing_problems(
-    sampler: str, spec: SamplerSpec, task: str, operator: type | None, *, sdedit: bool, noise: str = TASK_NOISE
+    sampler: str, spec: SamplerSpec, task: str, operator: type | None, *, sdedit: bool, noise: str = DEFAULT_NOISE
 ) -> list[str]:
-    """Whether ``sampler`` can solve ``task``: a measurement for a posterior sampler, guidance (or SDEdit) for a
-    task with one, the operator capabilities and the noise model the sampler declares it needs."""
+    """Whether ``sampler`` can solve ``task`` with ``noise`` (the noise model's declared ``name``): a measurement for
+    a posterior sampler, guidance (or SDEdit) for a task with one, the operator capabilities and the noise model the
+    sampler declares it needs."""
     specs = available()
 
     def solves(s: SamplerSpec) -> bool:
@@ -174,7 +176,7 @@ def pairing_problems(
         offers = ", ".join(sorted(operator.capabilities)) or "only its forward map"
         reasons.append(f"an operator with {', '.join(missing)} ({operator.__name__} offers {offers})")
     if noise not in spec.noise:
-        reasons.append(f"{' or '.join(sorted(spec.noise))} noise (the task has {noise} noise)")
+        reasons.append(f"{' or '.join(sorted(spec.noise))} noise (noise={noise})")
     if not reasons:
         return []
     return [f"sampler={sampler} cannot solve task={task}: it needs {' and '.join(reasons)}; samplers that can: "
@@ -209,7 +211,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         return [f"{key}: missing value (???); set it on the command line, e.g. {key}=..." for key in missing]
-    problems = _plain_problems(cfg, cfg, "", RunSettings, set())
+    problems = _plain_problems(cfg, cfg, "", RunSettings, {"noise"})
     if isinstance(cfg.get("runtime"), DictConfig):
         problems += _plain_problems(cfg, cfg.runtime, "runtime.", RuntimeSettings, set())
     targets, group_problems = {}, []
@@ -232,8 +234,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
             problems += spec.check(_scalars(cfg.sampler))
         has_operator = OmegaConf.select(cfg, "task.operator") is not None
         if operator_cls is not None or not has_operator:
+            noise = getattr(targets["noise"], "name", DEFAULT_NOISE)  # the noise model's declared name
             problems += pairing_problems(str(cfg.sampler.get("name")), spec, str(cfg.task.get("name")), operator_cls,
-                                         sdedit=cfg.task.get("sdedit", False) is True)
+                                         sdedit=cfg.task.get("sdedit", False) is True, noise=noise)
     problems += _device_problems(cfg, spec) + _data_problems(cfg, targets["data"])
     return list(dict.fromkeys(problems))  # task.sigma_y is also checked as task.operator.sigma_y
 

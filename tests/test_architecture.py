@@ -21,12 +21,12 @@ PACKAGE = ROOT / "diffexp"
 # Lower layers never import higher ones (same layer: allowed, as long as there is no cycle).
 LAYERS = {
     "diffexp.errors": 0, "diffexp.settings": 0, "diffexp.rundir.files": 0, "diffexp.rng": 0, "diffexp.runtime": 0, "diffexp.data": 0,
-    "diffexp.models": 1, "diffexp.operators": 1, "diffexp.evaluation": 1,
+    "diffexp.models": 1, "diffexp.noise": 1, "diffexp.operators": 1, "diffexp.evaluation": 1,
     "diffexp.samplers": 2,
     "diffexp.rundir": 3, "diffexp.tracking": 3, "diffexp.solve": 3, "diffexp.run_settings": 3, "diffexp.validate": 3,
     "diffexp.experiment": 4, "diffexp.prefetch": 4,
     # entry points: the package's ``run``, the CLI glue of run.py, the Hydra callback it installs, training CLIs
-    "diffexp": 5, "diffexp.cli": 5, "diffexp.tracking.callbacks": 5, "diffexp.training": 5,
+    "diffexp": 5, "diffexp.cli": 5, "diffexp.samplers.__main__": 5, "diffexp.tracking.callbacks": 5, "diffexp.training": 5,
 }
 
 

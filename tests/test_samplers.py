@@ -272,7 +272,8 @@ def test_every_new_sampler_needs_a_measurement(sampler) -> None:
 
 
 def test_declarations_tell_run_what_each_sampler_needs() -> None:
-    assert all(s.spec.measurement and s.spec.noise == {"gaussian"} for s in NEW)
+    assert all(s.spec.measurement and s.spec.noise == {"gaussian"} for s in NEW if s is not daps)
+    assert daps.spec.noise == {"gaussian", "poisson", "poisson_gaussian"}  # Langevin steps: any noise model's gradient
     assert pigdm.spec.unet_grad
     assert not any(s.spec.unet_grad for s in (scoreald, ddnm, diffpir, daps, reddiff))
     assert diffpir.spec.operator == {"linear", "pinv", "prox"} and ddnm.spec.operator >= {"pinv", "solve_aat"}

@@ -1,8 +1,9 @@
 """Measurement operators: ``nn.Module``s with ``forward`` (A) and, for linear ones, ``adjoint`` (Aᵀ).
 
 Measurements are y = A(x) + σ_y·n with n ~ N(0, I) in [-1, 1] image units (the DPS convention:
-σ_y = 0.05 here is 0.025 in [0, 1] units). Random parameters (masks, motion kernels) are drawn once
-per image, at construction, from that image's generator, and stay fixed for the whole run.
+σ_y = 0.05 here is 0.025 in [0, 1] units), or drawn by the noise model the operator is given (``noise``: the config
+group ``noise=gaussian|poisson|poisson_gaussian``, ``diffexp.noise``). Random parameters (masks, motion kernels) are
+drawn once per image, at construction, from that image's generator, and stay fixed for the whole run.
 
 Every ``Operator`` (possibly nonlinear: ``forward``, and ``vjp`` by autograd) declares its settings as typed keyword parameters of
 its constructor (``diffexp.settings``), the checks that need the image shape or several settings in ``check``,
@@ -34,7 +35,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from diffexp.rng import per_image_noise
+from diffexp.noise.base import NoiseModel
+from diffexp.noise.gaussian import Gaussian
 from diffexp.settings import NonNegativeFloat, problems, settings_model, valid_values
 
 Weight = float | Tensor
@@ -94,7 +96,14 @@ class Operator(nn.Module, metaclass=ABCMeta):
     Args:
         image_shape: (C, H, W) of the images A acts on.
         generators: one generator per image of the batch this operator serves.
-        sigma_y: measurement noise standard deviation, [-1, 1] units.
+        sigma_y: Gaussian measurement noise standard deviation, [-1, 1] units: the noise when ``noise`` is None.
+        noise: the noise model that draws y from A(x) (``diffexp.noise``); None: ``Gaussian(sigma_y)``. A Gaussian
+            part left null (``noise.sigma: null``, the config's default) is ``sigma_y`` (``NoiseModel.bind``); one
+            given must agree with it. A model without one (``noise=poisson``) leaves ``sigma_y`` unused.
+
+    ``sigma_y`` (the attribute) is the noise model's ``sigma_y``: σ for Gaussian noise, an effective σ for the others
+    (Poisson: the standard deviation of a white pixel, ``diffexp.noise.poisson.Poisson``), for code that needs one
+    noise level (the evaluation's divergence check, SDEdit, the Gaussian-only samplers).
     """
 
     capabilities: ClassVar[frozenset[str]] = frozenset()  # forward only
@@ -113,13 +122,28 @@ class Operator(nn.Module, metaclass=ABCMeta):
                             f"{', '.join(sorted(CAPABILITIES))}")
 
     def __init__(
-        self, image_shape: Sequence[int], generators: Sequence[torch.Generator], sigma_y: NonNegativeFloat
+        self,
+        image_shape: Sequence[int],
+        generators: Sequence[torch.Generator],
+        sigma_y: NonNegativeFloat,
+        noise: NoiseModel | None = None,
     ) -> None:
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.batch_size = len(generators)
         self._require_valid(sigma_y=sigma_y)
-        self.sigma_y = float(sigma_y)
+        if noise is not None and not isinstance(noise, NoiseModel):
+            raise TypeError(f"task.operator.noise={noise!r}: a diffexp.noise model (noise=gaussian|poisson|...)")
+        own = getattr(noise, "sigma", None)
+        if own is not None and own != float(sigma_y):
+            raise ValueError(f"task.operator.sigma_y={sigma_y} disagrees with noise.sigma={own}: set task.sigma_y "
+                             "(noise.sigma: null follows it)")
+        self.noise = Gaussian(float(sigma_y)) if noise is None else noise.bind(float(sigma_y))
+
+    @property
+    def sigma_y(self) -> float:
+        """The noise model's σ in [-1, 1] units (effective for non-Gaussian noise: class docstring)."""
+        return self.noise.sigma_y
 
     @classmethod
     def check(cls, image_shape: tuple[int, int, int], settings: dict[str, Any]) -> list[str]:
@@ -166,9 +190,8 @@ class Operator(nn.Module, metaclass=ABCMeta):
         return {}
 
     def measure(self, x: Tensor, generators: Sequence[torch.Generator]) -> Tensor:
-        """y = A(x) + σ_y·n, n drawn per image."""
-        y = self.forward(x)
-        return y + self.sigma_y * per_image_noise(generators, y) if self.sigma_y > 0 else y
+        """y drawn by the noise model from A(x), per image (Gaussian: A(x) + σ_y·n)."""
+        return self.noise.sample(self.forward(x), generators)
 
     def baseline(self, y: Tensor) -> Tensor:
         """The measurement mapped back to image space without a prior (here y itself, for image-shaped y)."""

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from annotated_types import Ge, Predicate
 from torch import Tensor
 
+from diffexp.noise.base import NoiseModel
 from diffexp.operators.base import PREFIX, LinearOperator, Weight, separable
 from diffexp.operators.motion import motion_kernel
 from diffexp.operators.separable import SeparableSVD
@@ -91,6 +92,7 @@ class Blur(LinearOperator):
         generators: Sequence[torch.Generator],
         sigma_y: NonNegativeFloat,
         *,
+        noise: NoiseModel | None = None,
         kernel: Literal["gaussian", "motion"] = "gaussian",
         kernel_size: OddSize = 9,
         std: PositiveFloat = 2.0,
@@ -98,7 +100,7 @@ class Blur(LinearOperator):
         padding: Literal["reflect", "circular"] = "reflect",
         pinv_cutoff: PositiveFloat = 0.03,
     ) -> None:
-        super().__init__(image_shape, generators, sigma_y)
+        super().__init__(image_shape, generators, sigma_y, noise)
         self._require_valid(kernel=kernel, kernel_size=kernel_size, std=std, intensity=intensity, padding=padding,
                             pinv_cutoff=pinv_cutoff)
         _, h, w = self.image_shape

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from diffexp.noise.base import NoiseModel
 from diffexp.operators.base import Operator
 from diffexp.settings import NonNegativeFloat, PositiveFloat
 
@@ -33,9 +34,10 @@ class HDR(Operator):
         generators: Sequence[torch.Generator],
         sigma_y: NonNegativeFloat,
         *,
+        noise: NoiseModel | None = None,
         scale: PositiveFloat = 2.0,
     ) -> None:
-        super().__init__(image_shape, generators, sigma_y)
+        super().__init__(image_shape, generators, sigma_y, noise)
         self._require_valid(scale=scale)
         self.scale = float(scale)
 

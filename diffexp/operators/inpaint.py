@@ -20,6 +20,7 @@ import torch
 from annotated_types import Ge, Gt, Lt
 from torch import Tensor
 
+from diffexp.noise.base import NoiseModel
 from diffexp.operators.base import PREFIX, LinearOperator, Weight
 from diffexp.settings import Allowed, NonNegativeFloat
 
@@ -83,6 +84,7 @@ class Inpaint(LinearOperator):
         generators: Sequence[torch.Generator],
         sigma_y: NonNegativeFloat,
         *,
+        noise: NoiseModel | None = None,
         mask: Literal["box", "random", "half"] = "box",
         box_size: Annotated[int, Ge(1), Allowed("an integer >= 1 (and <= the image size)")] = 12,
         random_position: bool = False,
@@ -90,7 +92,7 @@ class Inpaint(LinearOperator):
         fraction: Annotated[float, Gt(0), Lt(1), Allowed("a number in (0, 1)")] = 0.7,
         fraction_max: Annotated[float, Gt(0), Lt(1), Allowed("null or a number in (0, 1)")] | None = None,
     ) -> None:
-        super().__init__(image_shape, generators, sigma_y)
+        super().__init__(image_shape, generators, sigma_y, noise)
         self._require_valid(mask=mask, box_size=box_size, random_position=random_position, margin=margin,
                             fraction=fraction, fraction_max=fraction_max)
         _, h, w = self.image_shape

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffexp.evaluation.aligned import align_shift_flip
+from diffexp.noise.base import NoiseModel
 from diffexp.operators.base import Operator
 from diffexp.settings import NonNegativeFloat
 
@@ -59,10 +60,11 @@ class PhaseRetrieval(Operator):
         generators: Sequence[torch.Generator],
         sigma_y: NonNegativeFloat,
         *,
+        noise: NoiseModel | None = None,
         oversample: NonNegativeFloat = 2.0,
         convention: Literal["dps", "daps"] = "dps",
     ) -> None:
-        super().__init__(image_shape, generators, sigma_y)
+        super().__init__(image_shape, generators, sigma_y, noise)
         self._require_valid(oversample=oversample, convention=convention)
         _, h, w = self.image_shape
         self.oversample, self.convention = float(oversample), convention

@@ -22,6 +22,7 @@ import torch
 from annotated_types import Ge, Le
 from torch import Tensor
 
+from diffexp.noise.base import NoiseModel
 from diffexp.operators.base import Operator
 from diffexp.settings import Allowed, NonNegativeFloat
 
@@ -59,9 +60,10 @@ class Quantize(Operator):
         generators: Sequence[torch.Generator],
         sigma_y: NonNegativeFloat,
         *,
+        noise: NoiseModel | None = None,
         bits: Annotated[int, Ge(1), Le(16), Allowed("an integer in 1..16")] = 2,
     ) -> None:
-        super().__init__(image_shape, generators, sigma_y)
+        super().__init__(image_shape, generators, sigma_y, noise)
         self._require_valid(bits=bits)
         self.bits = int(bits)
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from annotated_types import Ge
 from torch import Tensor
 
+from diffexp.noise.base import NoiseModel
 from diffexp.operators.base import PREFIX, LinearOperator, Weight, separable
 from diffexp.operators.separable import SeparableSVD
 from diffexp.settings import Allowed, NonNegativeFloat
@@ -41,10 +42,11 @@ class SuperResolution(LinearOperator):
         generators: Sequence[torch.Generator],
         sigma_y: NonNegativeFloat,
         *,
+        noise: NoiseModel | None = None,
         factor: Annotated[int, Ge(1), Allowed("an integer >= 1 that divides the image size")] = 4,
         downsample: Literal["avgpool", "bicubic"] = "avgpool",
     ) -> None:
-        super().__init__(image_shape, generators, sigma_y)
+        super().__init__(image_shape, generators, sigma_y, noise)
         self._require_valid(factor=factor, downsample=downsample)
         _, h, w = self.image_shape
         self.factor = factor

@@ -54,11 +54,16 @@ def langevin_x0(
     """DAPS's Langevin steps (its eq. 9) on log N(x0; x̂0, r²I) + log N(y; A(x0), τ²I), from x̂0:
     x0 ← x0 − lr·((x0 − x̂0)/r² + Jᵀ(A(x0) − y)/τ²) + sqrt(2 lr)·z, lr = step_size/(1/r² + 1/τ²) (a step
     relative to the gradient's Lipschitz bound for ‖A‖ ≤ 1, so that step_size < 2 is stable at every level).
-    Jᵀv is ``operator.vjp(x0, v)``: Aᵀv for a linear A (bit-identical), autograd's for a nonlinear one."""
+    Jᵀv is ``operator.vjp(x0, v)``: Aᵀv for a linear A (bit-identical), autograd's for a nonlinear one.
+
+    A(x0) − y is the noise model's ``gradient(y, A(x0))`` = sigma_y²·∂nll/∂A(x0) (``diffexp.noise``): exactly
+    A(x0) − y for Gaussian noise; for Poisson noise the likelihood term is then (sigma_y²/τ²)·∇nll, the true Poisson
+    likelihood at τ = sigma_y (the default). Its curvature at a dim pixel of [0, 1] value v is 1/v times the bound
+    above, so Poisson needs a smaller ``step_size`` (docs/operators.md)."""
     lr = step_size / (1 / r2 + 1 / tau**2)
     x0 = x0_hat
     for _ in range(steps):
-        grad = (x0 - x0_hat) / r2 + operator.vjp(x0, operator(x0) - y) / tau**2
+        grad = (x0 - x0_hat) / r2 + operator.vjp(x0, operator.noise.gradient(y, operator(x0))) / tau**2
         x0 = x0 - lr * grad + (2 * lr).sqrt() * per_image_noise(generators, x0)
     return x0
 
@@ -71,7 +76,8 @@ def network_calls(timesteps: Tensor, ode_steps: int = 1, **hparams: object) -> i
     measurement=True,
     unet_grad=False,
     operator=frozenset({"differentiable"}),  # langevin_steps = 0 (the exact draw) also needs prox (and pinv)
-    noise=frozenset({"gaussian"}),
+    # Langevin steps follow any noise model's likelihood; the exact draw (langevin_steps=0) needs Gaussian noise
+    noise=frozenset({"gaussian", "poisson", "poisson_gaussian"}),
     network_calls=network_calls,
     sampling_steps=per_step,
 )
@@ -120,6 +126,10 @@ def daps(
         raise ValueError(
             f"sampler.tau={tau} (null: task.sigma_y) must be >= 0, and > 0 with sampler.langevin_steps > 0"
         )
+    if langevin_steps == 0 and operator.noise.name != "gaussian":
+        raise ValueError(f"sampler.langevin_steps=0 draws x0 exactly from a Gaussian likelihood; noise="
+                         f"{operator.noise.name} needs Langevin steps: set sampler.langevin_steps > 0 (DAPS: 100) and "
+                         "a small sampler.step_size (docs/operators.md)")
     if langevin_steps == 0 and not {"prox", "pinv"} <= operator.capabilities:
         raise ValueError(f"sampler.langevin_steps=0 draws x0 exactly, which needs a linear operator with prox and pinv "
                          f"({type(operator).__name__} offers {', '.join(sorted(operator.capabilities)) or 'none'}): "

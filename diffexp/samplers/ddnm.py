@@ -74,6 +74,7 @@ def network_calls(timesteps: Tensor, travel_length: int = 1, travel_repeat: int 
     measurement=True,
     unet_grad=False,
     operator=frozenset({"linear", "adjoint", "pinv", "solve_aat"}),
+    # Gaussian noise only: the null-space correction's Σ_t budgets Gaussian σ_y per singular value (DDNM+)
     noise=frozenset({"gaussian"}),
     network_calls=network_calls,
     sampling_steps=network_calls,

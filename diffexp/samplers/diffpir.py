@@ -66,6 +66,7 @@ def data_step(operator: Any, x0: Tensor, y: Tensor, rho: Tensor) -> Tensor:
     measurement=True,
     unet_grad=False,
     operator=frozenset({"linear", "pinv", "prox"}),
+    # Gaussian noise only: its prox ‖y − Ax‖² + ρ_t‖x − x̂0‖², ρ_t = λσ_y²/σ̄_t², is the Gaussian data term
     noise=frozenset({"gaussian"}),
     network_calls=network_calls,
     sampling_steps=network_calls,

@@ -23,7 +23,7 @@ def safe_norm(r: Tensor) -> Tensor:
     measurement=True,
     unet_grad=True,
     operator=frozenset(),
-    noise=frozenset({"gaussian"}),
+    noise=frozenset({"gaussian", "poisson", "poisson_gaussian"}),  # any: it follows operator.noise.residual
     network_calls=per_step,
     sampling_steps=per_step,
 )
@@ -47,6 +47,11 @@ def dps(
     As in the official code the norm is not squared, x̂0 is clipped as the scheduler asks and a
     learned-variance model's own variance is used in the ancestral step (its ``p_sample``); unlike it,
     the norm is taken per image, so an image's result never depends on its batch. ``step_size`` = ζ.
+
+    y − A(x̂0) is the noise model's ``residual`` (``diffexp.noise``): exactly y − A(x̂0) for Gaussian noise; for
+    Poisson noise the deviance residual scaled by the effective σ, so the step follows the true Poisson likelihood
+    (not the official code's ad-hoc ‖y − A(x̂0)‖/|y|, which is undefined at y = 0); for Poisson-Gaussian noise the
+    residual weighted by the approximate per-pixel variance.
     """
     require_measurement("dps", y, operator)
     if step_size <= 0:
@@ -58,7 +63,7 @@ def dps(
             x_in = x.detach().requires_grad_(True)
             eps, v = model.eps_v(x_in, t)
             x0 = clip_x0(model, model.x0_from_eps(x_in, t, eps), clip_denoised)
-            residual = safe_norm((y - operator(x0)).flatten(1))
+            residual = safe_norm(operator.noise.residual(y, operator(x0)).flatten(1))
             (grad,) = torch.autograd.grad(residual.sum(), x_in)
         x0 = x0.detach()
         v = None if v is None else v.detach()

@@ -32,6 +32,7 @@ def pigdm_guidance(model: Any, x: Tensor, t: Tensor, y: Tensor, operator: Any, a
     measurement=True,
     unet_grad=True,
     operator=frozenset({"linear", "adjoint", "solve_aat"}),
+    # Gaussian noise only: (r_t²AAᵀ + σ_y²I)⁻¹: the Gaussian likelihood of y given x̂0
     noise=frozenset({"gaussian"}),
     network_calls=per_step,
     sampling_steps=per_step,

@@ -29,6 +29,7 @@ def reddiff_gradient(operator: Any, mu: Tensor, y: Tensor, eps_hat: Tensor, eps:
     measurement=True,
     unet_grad=False,
     operator=frozenset({"differentiable"}),
+    # Gaussian noise only: its loss ‖y − A(μ)‖²/(2σ_y²) is the Gaussian data term
     noise=frozenset({"gaussian"}),
     network_calls=per_step,
     sampling_steps=per_step,

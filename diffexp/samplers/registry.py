@@ -27,11 +27,12 @@ from hydra.utils import get_object
 from pydantic import BaseModel
 from torch import Tensor
 
+from diffexp.noise import available as noise_models
 from diffexp.operators.base import CAPABILITIES
 from diffexp.settings import STRICT, Allowed, Ge
 
 CONF_SAMPLERS = Path(__file__).resolve().parents[2] / "conf" / "sampler"
-NOISE_MODELS = frozenset({"gaussian"})  # the noise models a task can have (``task.sigma_y``: Gaussian)
+NOISE_MODELS = frozenset(noise_models())  # the options of conf/noise/ (``diffexp.noise``)
 # Arguments ``run`` passes to every sampler itself: never settable from the config.
 PROVIDED = ("model", "x", "timesteps", "generators", "y", "operator", "callback")
 Count = Callable[..., int]

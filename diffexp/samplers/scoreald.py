@@ -41,6 +41,7 @@ def network_calls(timesteps: Tensor, corrector_steps: int = 1, **hparams: object
     measurement=True,
     unet_grad=False,
     operator=frozenset({"differentiable"}),  # solve_aat where offered, else the paper's scalar form
+    # Gaussian noise only: N(A x̃_t, σ_y²I + γ_t²AAᵀ): a Gaussian likelihood convolved with the annealing noise
     noise=frozenset({"gaussian"}),
     network_calls=network_calls,
     sampling_steps=per_step,
