@@ -19,6 +19,7 @@ import diffexp.models.diffusion as model_module
 from diffexp.models.adm import ADM_SCHEDULER, PRESETS, ADMArchitecture, CheckpointMismatchError, convert_state_dict
 from diffexp.errors import ConfigError
 from diffexp.models.diffusion import DiffusionModel, load_folder
+from diffexp.operators.identity import Identity
 from diffexp.samplers.base import ancestral_step, grid_alphas
 from diffexp.samplers.ddpm import ddpm
 from diffexp.samplers.dps import dps
@@ -305,7 +306,8 @@ def test_dps_uses_the_learned_variance() -> None:
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
     plain = ddpm(model, x, timesteps=grid, generators=gens())
-    guided = dps(model, x, timesteps=grid, generators=gens(), y=torch.zeros_like(x), operator=lambda z: z,
+    operator = Identity(image_shape=(3, 8, 8), generators=gens(), sigma_y=0.0)
+    guided = dps(model, x, timesteps=grid, generators=gens(), y=torch.zeros_like(x), operator=operator,
                  step_size=1e-12)
     torch.testing.assert_close(guided, plain, rtol=1e-6, atol=1e-6)
 
