@@ -4,7 +4,7 @@ variance (improved DDPM eq. 15) against diffusers' DDPMScheduler, and the model 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -136,6 +136,23 @@ def test_full_size_deepinv_diffunet_converts_to_the_same_network(preset: str, la
     unet = convert_state_dict(adm_state(reference), PRESETS[preset])
     assert sum(p.numel() for p in unet.parameters()) == params
     assert_same_network(reference, unet, 3, size)
+
+
+@pytest.mark.parametrize(("preset", "large", "params"), [("ffhq256", False, 93_563_910),
+                                                      ("imagenet256", True, 552_814_086)])
+def test_full_size_presets_take_every_deepinv_parameter_name_and_shape(preset: str, large: bool, params: int) -> None:
+    """The default-suite check of the full-size presets: deepinv's DiffUNet (an independent ADM implementation)
+    built on the meta device (no memory, no compute) gives every parameter name and shape, and the preset's
+    converter takes them all; an attention layout one level off does not fit."""
+    with torch.device("meta"):
+        reference = DiffUNet(pretrained=None, large_model=large)
+    state = adm_state(reference)
+    unet = convert_state_dict(state, PRESETS[preset])
+    assert sum(p.numel() for p in unet.parameters()) == sum(v.numel() for v in state.values()) == params
+    arch = PRESETS[preset]
+    shifted = replace(arch, attention_resolutions=tuple(r * 2 for r in arch.attention_resolutions))
+    with pytest.raises(CheckpointMismatchError):
+        convert_state_dict(state, shifted)
 
 
 def test_converter_names_the_key_and_shape_that_do_not_fit() -> None:
