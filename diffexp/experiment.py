@@ -204,15 +204,18 @@ def open_records(cfg: DictConfig, setup: Setup, previous: dict[str, Any] | None)
 
 def batches(cfg: DictConfig, done: set[int] | Any) -> list[list[int]]:
     """The image indices still to do, in batches of ``batch_size``."""
-    todo = [i for i in range(cfg.num_images) if i not in done]
-    return [todo[k : k + cfg.batch_size] for k in range(0, len(todo), cfg.batch_size)]
+    return _chunks([i for i in range(cfg.num_images) if i not in done], cfg.batch_size)
 
 
 def sample_batches(cfg: DictConfig, done: set[tuple[int, int]]) -> list[list[tuple[int, int]]]:
     """The (image, sample) pairs still to do, image by image, in batches of ``batch_size`` pairs (``num_samples``
     > 1): the samples of an image share a batch unless ``batch_size`` splits them."""
     todo = [(i, k) for i in range(cfg.num_images) for k in range(cfg.num_samples) if (i, k) not in done]
-    return [todo[n : n + cfg.batch_size] for n in range(0, len(todo), cfg.batch_size)]
+    return _chunks(todo, cfg.batch_size)
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[n : n + size] for n in range(0, len(items), size)]
 
 
 def _solve_posterior_batch(
