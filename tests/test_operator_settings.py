@@ -212,10 +212,10 @@ def test_operator_without_capabilities_is_refused() -> None:
 
 
 def test_capabilities_outside_the_vocabulary_are_refused() -> None:
-    with pytest.raises(TypeError, match=r"capabilities=frozenset\(\{'svd'\}\): allowed is a frozenset of adjoint"):
+    with pytest.raises(TypeError, match=r"capabilities=frozenset\(\{'eigen'\}\): allowed is a frozenset of adjoint"):
 
         class Odd(Operator):
-            capabilities = frozenset({"svd"})
+            capabilities = frozenset({"eigen"})
 
             def forward(self, x: Tensor) -> Tensor:
                 return x

@@ -124,8 +124,9 @@ def _assert_same_samples(a: Path, b: Path, pairs: list[tuple[int, int]]) -> None
         assert row.keys() == other.keys()
         for key in row:
             assert row[key] == (None if other[key] is None else pytest.approx(other[key], rel=1e-5, abs=1e-6)), key
-    for i, k in pairs:  # batched convolutions sum in a batch-dependent order: last bits only
-        torch.testing.assert_close(sample_pt(a, i, k), sample_pt(b, i, k), rtol=1e-4, atol=1e-5)
+    for i, k in pairs:  # batched convolutions sum in a batch-dependent order: last bits, grown over the chain's
+        # steps (seen up to 1.0e-4 on one pixel of 768 on some CPUs); a different sample differs by O(1)
+        torch.testing.assert_close(sample_pt(a, i, k), sample_pt(b, i, k), rtol=1e-4, atol=5e-4)
 
 
 def test_samples_do_not_depend_on_the_batch(k3: Path, tmp_path: Path) -> None:

@@ -327,7 +327,7 @@ def test_time_travel_visits_the_schedule_and_jumps_back_by_the_forward_diffusion
 ) -> None:
     """The callback sees the grid steps of the jump schedule with a monotone ``i``; after a jump from level t
     to t' the UNet gets sqrt(ᾱ_t'/ᾱ_t)·x_t + sqrt(1 − ᾱ_t'/ᾱ_t)·z, x_t the state before the jump."""
-    op = _ops(0.1)["inpaint"].double()
+    op = _ops(0.1)["sr2"].double()  # the smooth budget's steps draw their noise in ddim (the SVD budget in ddnm)
     x, y = _xy(op)
     grid = respaced_timesteps(1000, 6)
     drawn: list[torch.Tensor] = []  # the noise of each jump back (ddnm's own draws; its DDIM steps draw in ddim)
@@ -351,19 +351,18 @@ def test_time_travel_visits_the_schedule_and_jumps_back_by_the_forward_diffusion
 
 
 def test_time_travel_off_reproduces_ddnm_without_it(model) -> None:
-    """travel_repeat = 1 (any travel_length) is the plain DDNM+ chain, bit for bit; the numbers are the
-    output of the code before time travel was added (same tiny model, inputs and seeds)."""
+    """travel_repeat = 1 (any travel_length) is the plain DDNM+ chain, bit for bit (its values on inpainting are
+    checked against the paper's SVD form in ``tests/test_ddnm_svd.py``)."""
     op = Inpaint(SHAPE, _gens(2), 0.1, mask="box", box_size=4).double()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)
     y = op(torch.randn(2, *SHAPE, generator=g, dtype=torch.float64)) * 0.5
     run_ = functools.partial(ddnm, model, x, timesteps=respaced_timesteps(1000, 6), y=y, operator=op)
     out = run_(generators=_gens(2))
-    torch.testing.assert_close(run_(generators=_gens(2), travel_length=3, travel_repeat=1), out, rtol=0, atol=0)
-    assert out.sum().item() == pytest.approx(-1256.9580227234474, rel=1e-9)
-    assert (out**2).sum().item() == pytest.approx(1355238.5873411736, rel=1e-9)
-    assert out.flatten()[[0, 37, 100]].tolist() == pytest.approx([-0.4213830276123293, -307.3811868365561,
-                                                                  -82.98500606255216], rel=1e-9)
+    for length in (1, 3, 5):
+        torch.testing.assert_close(run_(generators=_gens(2), travel_length=length, travel_repeat=1), out, rtol=0,
+                                   atol=0)
+    assert not torch.equal(run_(generators=_gens(2), travel_length=2, travel_repeat=2), out)
 
 
 @pytest.mark.parametrize(("num_steps", "length", "repeat", "calls"), [(6, 2, 2, 10), (7, 2, 3, 7 + 2 * 2 * 3),

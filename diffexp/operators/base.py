@@ -43,8 +43,10 @@ Weight = float | Tensor
 # What an operator can offer the samplers (``Operator.capabilities``; a sampler's ``@sampler(operator=...)``
 # names those it needs): a linear A, its explicit adjoint Aᵀ, A⁺, (w·AAᵀ + s·I)⁻¹, the prox of ‖y − A·‖², and
 # ``differentiable``: a useful vector-Jacobian product ``vjp(x, v)`` (the adjoint for a linear A; autograd, or a
-# documented surrogate such as a straight-through gradient, for a nonlinear one).
-CAPABILITIES = frozenset({"linear", "adjoint", "pinv", "solve_aat", "prox", "differentiable"})
+# documented surrogate such as a straight-through gradient, for a nonlinear one); ``svd``: A = UΣVᵀ with
+# ``svd_vt(x)`` = Vᵀx, ``svd_v(z)`` = Vz (V orthogonal, real), ``svd_singulars()`` = Σ's diagonal broadcastable to
+# ``svd_vt(x)`` (0 on the null space) and ``pinv`` the exact A⁺ = VΣ⁺Uᵀ (DDNM+'s per-direction noise budget).
+CAPABILITIES = frozenset({"linear", "adjoint", "pinv", "solve_aat", "prox", "differentiable", "svd"})
 PROVIDED = ("image_shape", "generators")  # constructor arguments that run() passes itself: not settings
 PREFIX = "task.operator."  # where the settings live in the config
 

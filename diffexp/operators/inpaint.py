@@ -76,7 +76,7 @@ class Inpaint(LinearOperator):
         fraction_max: if set, each image drops a fraction drawn uniformly from [fraction, fraction_max].
     """
 
-    capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities  # closed forms: A = AᵀA = diag(m)
+    capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities | {"svd"}  # closed forms: A = AᵀA = diag(m)
 
     def __init__(
         self,
@@ -126,6 +126,18 @@ class Inpaint(LinearOperator):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.mask.to(x.dtype)
+
+    def svd_vt(self, x: Tensor) -> Tensor:
+        """Vᵀx: A = diag(m) has U = V = I (y keeps the image's shape, zero where unobserved)."""
+        return x
+
+    def svd_v(self, z: Tensor) -> Tensor:
+        """Vz: U = V = I."""
+        return z
+
+    def svd_singulars(self) -> Tensor:
+        """Σ = diag(m): 1 on observed pixels, 0 on the null space, per image (N, 1, H, W)."""
+        return self.mask
 
     def adjoint(self, y: Tensor) -> Tensor:
         return y * self.mask.to(y.dtype)

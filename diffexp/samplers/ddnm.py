@@ -53,6 +53,48 @@ def range_null_correction(operator: Any, x0: Tensor, y: Tensor, c2: Tensor | flo
         return x0 - operator.pinv(operator(x0) - y)
     return x0 - operator.adjoint(operator.solve_aat(operator(x0) - y, aat_weight=1.0, noise_var=c2))
 
+def svd_budget_step(
+    operator: Any,
+    x0: Tensor,
+    eps: Tensor,
+    y: Tensor,
+    ab_prev: Tensor,
+    eta: float,
+    generators: Sequence[torch.Generator],
+    *,
+    noise: bool,
+) -> tuple[Tensor, Tensor]:
+    """DDNM+'s step with the noise budgeted per singular direction, A = UΣVᵀ (paper Section 3.3, eqs. 17–19;
+    the authors' ``svd_operators.py``: ``Lambda`` and ``Lambda_noise``). Returns (x_{t-1}, x̂0|y).
+
+    With a = sqrt(ᾱ_{t-1}), σ_t = sqrt(1−ᾱ_{t-1}) and, per direction i of V, s_i its singular value:
+
+        x̂0|y = x̂0 − V Λ Vᵀ A⁺(A x̂0 − y),   λ_i = 1 if σ_t ≥ aσ_y/s_i, else s_i σ_t sqrt(1−η²)/(aσ_y);
+        x_{t-1} = a·x̂0|y + V(d1 ⊙ Vᵀz + d2 ⊙ Vᵀε̂),
+
+    d1_i = sqrt(σ_t² − a²σ_y²/s_i²), d2_i = 0 where σ_t > aσ_y/s_i; d1_i = ησ_t, d2_i = 0 where σ_t ≤ aσ_y/s_i;
+    d1_i = ησ_t, d2_i = sqrt(1−η²)σ_t on the null space (s_i = 0, untouched). The noise of y that the correction
+    lets through, aλ_iσ_y/s_i, plus the fresh noise keeps the variance at exactly σ_t² in every range direction.
+    Deviation: the authors' code scales ε̂ in their spectral order without applying Vᵀ to it first (for
+    masks and denoising, where V = I, the two agree); here ε̂ enters as Vᵀε̂. After the last step (σ_t = 0)
+    no noise is added, and λ_i = 0: the range part keeps x̂0 (the paper's budget allows no noise of y there).
+    """
+    a, sigma_t, sigma_y = ab_prev.sqrt(), (1 - ab_prev).sqrt(), operator.sigma_y
+    s = operator.svd_singulars().to(device=x0.device, dtype=x0.dtype)
+    s_inv = torch.where(s > 0, 1 / s.clamp(min=1e-30), torch.zeros_like(s))
+    noise_of_y = a * sigma_y * s_inv  # the std a correction λ_i = 1 lets through, per direction
+    small = sigma_t < noise_of_y  # σ_t below that: shrink the correction (and no ε̂ in that direction)
+    lam = torch.where(small, s * sigma_t * (1 - eta**2) ** 0.5 / (a * sigma_y), torch.ones_like(s))
+    x0y = x0 - operator.svd_v(lam * operator.svd_vt(operator.pinv(operator(x0) - y)))
+    rest = (sigma_t**2 - noise_of_y**2).clamp(min=0).sqrt()
+    d1 = torch.where(s > 0, torch.where(small, eta * sigma_t, rest), eta * sigma_t)
+    d2 = torch.where(s > 0, torch.zeros_like(s), (1 - eta**2) ** 0.5 * sigma_t)
+    spectral = d2 * operator.svd_vt(eps)
+    if noise:
+        spectral = spectral + d1 * operator.svd_vt(per_image_noise(generators, x0))
+    return a * x0y + operator.svd_v(spectral), x0y
+
+
 def travel_problems(settings: dict[str, Any]) -> list[str]:
     """Time travel jumps back ``travel_length`` grid steps: fewer than ``num_steps`` (with ``travel_repeat`` > 1)."""
     length, repeat, steps = (settings.get(k) for k in ("travel_length", "travel_repeat", "num_steps"))
@@ -97,7 +139,11 @@ def ddnm(
     travel_repeat: Annotated[int, Ge(1), Allowed("an integer >= 1 (1: no time travel)")] = 1,
     clip_denoised: bool | None = None,
 ) -> Tensor:
-    """DDNM+: replace the range-space part of Tweedie's x̂0 by A⁺y, then step to t-1 as the authors' code:
+    """DDNM+: replace the range-space part of Tweedie's x̂0 by A⁺y, then step to t-1 as the authors' code.
+
+    With σ_y > 0 on an operator that offers its SVD (``svd``: identity, inpainting masks) the noise is budgeted
+    per singular direction exactly as the paper's SVD form (``svd_budget_step``). The other operators use the
+    smooth fallback below, which budgets the worst case over all directions:
 
         x_{t-1} = sqrt(ᾱ_{t-1})·x̂0|y + sqrt(1−ᾱ_{t-1})·(η·z + sqrt(1−η²)·ε),   ε the network's prediction.
 
@@ -134,13 +180,16 @@ def ddnm(
         t, ab, ab_prev = timesteps[p], ab_all[p], ab_prev_all[p]
         eps = model.eps(x, t)
         x0 = clip_x0(model, (x - (1 - ab).sqrt() * eps) / ab.sqrt(), clip_denoised)
-        if sigma_y > 0:
+        if sigma_y > 0 and "svd" in operator.capabilities:
+            x, x0 = svd_budget_step(operator, x0, eps, y, ab_prev, eta, generators, noise=p + 1 < len(timesteps))
+        elif sigma_y > 0:
             c = ab_prev.sqrt() * sigma_y / (1 - ab_prev).clamp(min=1e-20).sqrt()
             kappa = torch.where(c <= 1, torch.full_like(c, 0.5), c / (1 + c**2))
             x0, scale = range_null_correction(operator, x0, y, c**2), (1 - kappa**2).sqrt()
+            x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=p + 1 < len(timesteps), scale=scale)
         else:
-            x0, scale = range_null_correction(operator, x0, y, 0.0), 1.0
-        x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=p + 1 < len(timesteps), scale=scale)
+            x0 = range_null_correction(operator, x0, y, 0.0)
+            x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=p + 1 < len(timesteps))
         check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})
