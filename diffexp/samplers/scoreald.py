@@ -1,4 +1,9 @@
-"""Score-based annealed-Langevin posterior sampling (Jalal et al., NeurIPS 2021) in DDPM form."""
+"""ScoreALD: a predictor–corrector posterior sampler built on Jalal et al.'s likelihood score (NeurIPS 2021).
+
+This is not Jalal et al.'s pure annealed Langevin dynamics (their Alg. 1: Langevin steps only, NCSN σ levels,
+step ε·σ²/σ_L²). It is a DDPM ancestral predictor whose Tweedie x̂0 is shifted by their likelihood score in VP
+form, followed by ``corrector_steps`` Langevin corrector steps per level (their update, on the VP grid).
+"""
 
 from __future__ import annotations
 
