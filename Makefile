@@ -77,14 +77,17 @@ tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<t
 	-$(SWEEP) task=deblur,super_resolution sampler=pigdm sampler.step_size=1,2 hydra.sweep.dir=outputs/tune/pigdm-w
 	-$(SWEEP) task=inpaint,super_resolution,deblur sampler=diffpir sampler.lam=4,28,200 sampler.zeta=0.3,1 hydra.sweep.dir=outputs/tune/diffpir-lam-zeta
 	-$(SWEEP) task=deblur sampler=ddnm sampler.eta=0.85,1 sampler.num_steps=50,100 hydra.sweep.dir=outputs/tune/ddnm-deblur
+	-$(SWEEP) task=denoise,inpaint sampler=ddnm sampler.eta=0.85,1 hydra.sweep.dir=outputs/tune/ddnm-svd-eta
 	-$(SWEEP) task=inpaint sampler=ddnm num_images=32 sampler.travel_length=1,10 sampler.travel_repeat=1,2,3 hydra.sweep.dir=outputs/tune/ddnm-travel
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=reddiff sampler.lam=0.05,0.25,1,4 sampler.lr=0.05,0.1,0.5 hydra.sweep.dir=outputs/tune/reddiff
 	-$(SWEEP) task=inpaint,deblur,super_resolution sampler=reddiff sampler.lam=0.003,0.01,0.05 sampler.lr=0.5,1 hydra.sweep.dir=outputs/tune/reddiff-small-lam
 	-$(SWEEP) task=inpaint,deblur,super_resolution sampler=reddiff sampler.num_steps=50,100,200 hydra.sweep.dir=outputs/tune/reddiff-steps
+	-$(SWEEP) task=inpaint,deblur,super_resolution sampler=reddiff sampler.lam=0.05,0.25 data.offset=8 hydra.sweep.dir=outputs/tune/reddiff-lam-units
 	-$(SWEEP) task=denoise sampler=reddiff sampler.lam=2,4,8,16,64 sampler.num_steps=50,100,200 hydra.sweep.dir=outputs/tune/reddiff-denoise
 	-$(SWEEP) task=inpaint,deblur sampler=daps sampler.num_steps=50,100 sampler.ode_steps=1,2 hydra.sweep.dir=outputs/tune/daps-levels
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-steps
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=$(POSTERIOR) data.offset=8 hydra.sweep.dir=outputs/tune/unseen
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=ddnm,pigdm data.offset=8 hydra.sweep.dir=outputs/tune/unseen-ddnm-pigdm
 
 # make table K=4: 4 posterior samples per measurement (posterior-mean metrics, coverage, paired CIs), 8 images a batch
 K ?= 1
