@@ -200,6 +200,19 @@ class Operator(nn.Module, metaclass=ABCMeta):
         return y
 
 
+class PixelBasisSVD:
+    """The ``svd`` methods of an A whose singular vectors are the pixels (U = V = I: identity, masks); the
+    operator adds ``svd_singulars``."""
+
+    def svd_vt(self, x: Tensor) -> Tensor:
+        """Vᵀx = x."""
+        return x
+
+    def svd_v(self, z: Tensor) -> Tensor:
+        """Vz = z."""
+        return z
+
+
 class LinearOperator(Operator):
     """A linear A with the solvers above; every solve has a conjugate-gradient fallback on A and Aᵀ."""
 

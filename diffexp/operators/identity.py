@@ -7,21 +7,13 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from diffexp.operators.base import LinearOperator, Weight
+from diffexp.operators.base import LinearOperator, PixelBasisSVD, Weight
 
 
-class Identity(LinearOperator):
+class Identity(PixelBasisSVD, LinearOperator):
     """A = I; y = x + σ_y·n. Every solve is a scalar division."""
 
     capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities | {"svd"}
-
-    def svd_vt(self, x: Tensor) -> Tensor:
-        """Vᵀx: U = V = I."""
-        return x
-
-    def svd_v(self, z: Tensor) -> Tensor:
-        """Vz: U = V = I."""
-        return z
 
     def svd_singulars(self) -> Tensor:
         """Σ = I (a 0-d one, broadcast)."""

@@ -21,7 +21,7 @@ from annotated_types import Ge, Gt, Lt
 from torch import Tensor
 
 from diffexp.noise.base import NoiseModel
-from diffexp.operators.base import PREFIX, LinearOperator, Weight
+from diffexp.operators.base import PREFIX, LinearOperator, PixelBasisSVD, Weight
 from diffexp.settings import Allowed, NonNegativeFloat
 
 DPS_MARGIN = 16  # pixels at DPS's 256-px resolution
@@ -64,7 +64,7 @@ def half_mask(h: int, w: int) -> Tensor:
     return m
 
 
-class Inpaint(LinearOperator):
+class Inpaint(PixelBasisSVD, LinearOperator):
     """Pixel masking (``task.mask``: box | random | half), one mask per image, fixed for the run.
 
     Args:
@@ -126,14 +126,6 @@ class Inpaint(LinearOperator):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.mask.to(x.dtype)
-
-    def svd_vt(self, x: Tensor) -> Tensor:
-        """Vᵀx: A = diag(m) has U = V = I (y keeps the image's shape, zero where unobserved)."""
-        return x
-
-    def svd_v(self, z: Tensor) -> Tensor:
-        """Vz: U = V = I."""
-        return z
 
     def svd_singulars(self) -> Tensor:
         """Σ = diag(m): 1 on observed pixels, 0 on the null space, per image (N, 1, H, W)."""

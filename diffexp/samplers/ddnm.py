@@ -53,8 +53,10 @@ def range_null_correction(operator: Any, x0: Tensor, y: Tensor, c2: Tensor | flo
         return x0 - operator.pinv(operator(x0) - y)
     return x0 - operator.adjoint(operator.solve_aat(operator(x0) - y, aat_weight=1.0, noise_var=c2))
 
+
 def svd_budget_step(
     operator: Any,
+    s: Tensor,
     x0: Tensor,
     eps: Tensor,
     y: Tensor,
@@ -65,7 +67,8 @@ def svd_budget_step(
     noise: bool,
 ) -> tuple[Tensor, Tensor]:
     """DDNM+'s step with the noise budgeted per singular direction, A = UΣVᵀ (paper Section 3.3, eqs. 17–19;
-    the authors' ``svd_operators.py``: ``Lambda`` and ``Lambda_noise``). Returns (x_{t-1}, x̂0|y).
+    the authors' ``svd_operators.py``: ``Lambda`` and ``Lambda_noise``). ``s`` is ``operator.svd_singulars()`` in
+    x0's dtype and device, read once per run. Returns (x_{t-1}, x̂0|y).
 
     With a = sqrt(ᾱ_{t-1}), σ_t = sqrt(1−ᾱ_{t-1}) and, per direction i of V, s_i its singular value:
 
@@ -80,7 +83,6 @@ def svd_budget_step(
     no noise is added, and λ_i = 0: the range part keeps x̂0 (the paper's budget allows no noise of y there).
     """
     a, sigma_t, sigma_y = ab_prev.sqrt(), (1 - ab_prev).sqrt(), operator.sigma_y
-    s = operator.svd_singulars().to(device=x0.device, dtype=x0.dtype)
     s_inv = torch.where(s > 0, 1 / s.clamp(min=1e-30), torch.zeros_like(s))
     noise_of_y = a * sigma_y * s_inv  # the std a correction λ_i = 1 lets through, per direction
     small = sigma_t < noise_of_y  # σ_t below that: shrink the correction (and no ε̂ in that direction)
@@ -171,6 +173,8 @@ def ddnm(
     ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
     steps = [p for p, q in zip(path, path[1:]) if q > p]  # grid index of every denoising step
     check = FiniteCheck("ddnm", "a model producing NaN/Inf", timesteps[steps], x.device)
+    by_svd = sigma_y > 0 and "svd" in operator.capabilities
+    singulars = operator.svd_singulars().to(device=x.device, dtype=x.dtype) if by_svd else None
     i = 0
     for p, q in zip(path, path[1:]):
         if q < p:  # time travel from grid level p back up to q: x_q ~ q(x_q | x_p)
@@ -180,16 +184,17 @@ def ddnm(
         t, ab, ab_prev = timesteps[p], ab_all[p], ab_prev_all[p]
         eps = model.eps(x, t)
         x0 = clip_x0(model, (x - (1 - ab).sqrt() * eps) / ab.sqrt(), clip_denoised)
-        if sigma_y > 0 and "svd" in operator.capabilities:
-            x, x0 = svd_budget_step(operator, x0, eps, y, ab_prev, eta, generators, noise=p + 1 < len(timesteps))
+        noise = p + 1 < len(timesteps)
+        if by_svd:
+            x, x0 = svd_budget_step(operator, singulars, x0, eps, y, ab_prev, eta, generators, noise=noise)
         elif sigma_y > 0:
             c = ab_prev.sqrt() * sigma_y / (1 - ab_prev).clamp(min=1e-20).sqrt()
             kappa = torch.where(c <= 1, torch.full_like(c, 0.5), c / (1 + c**2))
-            x0, scale = range_null_correction(operator, x0, y, c**2), (1 - kappa**2).sqrt()
-            x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=p + 1 < len(timesteps), scale=scale)
+            x0 = range_null_correction(operator, x0, y, c**2)
+            x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=noise, scale=(1 - kappa**2).sqrt())
         else:
             x0 = range_null_correction(operator, x0, y, 0.0)
-            x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=p + 1 < len(timesteps))
+            x = mixed_update(x0, eps, ab_prev, eta**2, generators, noise=noise)
         check(i, x=x, x0=x0)
         if callback is not None:
             callback({"i": i, "t": t, "x": x, "x0": x0})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ from diffexp.settings import NonNegativeFloat, PositiveFloat
 
 # ``consistent``: our Tweedie-consistent form (the default); ``official``: NVlabs/RED-diff ``algos/pgdm.py``
 Guidance = Literal["consistent", "official"]
-GUIDANCE = ("consistent", "official")
+GUIDANCE = get_args(Guidance)
 
 
 def pigdm_guidance(model: Any, x: Tensor, t: Tensor, y: Tensor, operator: Any, ab: Tensor) -> tuple[Tensor, Tensor]:
