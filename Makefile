@@ -84,7 +84,8 @@ tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<t
 	-$(SWEEP) task=inpaint,deblur,super_resolution sampler=reddiff sampler.num_steps=50,100,200 hydra.sweep.dir=outputs/tune/reddiff-steps
 	-$(SWEEP) task=inpaint,deblur,super_resolution sampler=reddiff sampler.lam=0.05,0.25 data.offset=8 hydra.sweep.dir=outputs/tune/reddiff-lam-units
 	-$(SWEEP) task=denoise sampler=reddiff sampler.lam=2,4,8,16,64 sampler.num_steps=50,100,200 hydra.sweep.dir=outputs/tune/reddiff-denoise
-	-$(SWEEP) task=inpaint,deblur sampler=daps sampler.num_steps=50,100 sampler.ode_steps=1,2 hydra.sweep.dir=outputs/tune/daps-levels
+	-$(SWEEP) task=inpaint,deblur sampler=daps_exact sampler.num_steps=50,100 sampler.ode_steps=1,2 hydra.sweep.dir=outputs/tune/daps-levels
+	-$(SWEEP) task=denoise sampler=daps sampler.tau=0.2,0.566 sampler.lr=1e-4,1e-3,5e-3 hydra.sweep.dir=outputs/tune/denoise-daps
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-steps
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=$(POSTERIOR) data.offset=8 hydra.sweep.dir=outputs/tune/unseen
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=ddnm,pigdm data.offset=8 hydra.sweep.dir=outputs/tune/unseen-ddnm-pigdm

@@ -68,12 +68,14 @@ class Settings:
     fast_images: int = 8  # 6. fast samplers vs DPS (deblur, one batch)
     fast_samplers: tuple[str, ...] = field(default_factory=_fast_samplers)  # every posterior sampler but DPS
     fast_steps: int = 0  # 0: each sampler's default num_steps
+    fast_offset: int = 8  # first digit of 6.: digits never used for tuning (make tune uses 0-7)
+    fast_search: tuple[int, ...] = (10, 15, 20, 30, 40, 50, 70)  # 6.: step counts tried for the fewest within 0.2 dB
 
 
 QUICK = {
     "repeats": 2, "gen_steps": 10, "gen_batch": 2, "dps_steps": 10, "dps_images": 1, "scaling_steps": 3,
     "scaling_batches": (1, 8), "quality_steps": (10, 20), "quality_images": 2, "memory_batch": 2, "memory_steps": 2,
-    "fast_images": 2, "fast_steps": 2,
+    "fast_images": 2, "fast_steps": 2, "fast_search": (1,),
 }
 
 

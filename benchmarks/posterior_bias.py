@@ -41,11 +41,12 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     name: get_object(OmegaConf.load(CONF_SAMPLERS / f"{name}.yaml")._target_) for name in posterior_samplers()
 }
 # num_steps of the shipped table; a sampler not listed is refused by ``main`` (add its row here).
-STEPS = {"dps": 200, "scoreald": 200, "pigdm": 200, "ddnm": 100, "diffpir": 100, "daps": 100, "reddiff": 100}
+STEPS = {"ald": 200, "dps": 200, "scoreald": 200, "pigdm": 200, "ddnm": 100, "diffpir": 100, "daps": 200, "daps_exact": 100,
+         "reddiff": 100}
 HPARAMS = {  # the settings of the shipped table; a sampler not listed runs at its function's defaults
     # DiffPIR: the paper's λ = 7, ζ = 0.3 (its deblurring values); ``lam`` is the paper's λ since issue #22
     # (before, ``lam`` used σ_y in [-1, 1] units and 7.0 here ran the paper's λ = 28)
-    "diffpir": {"lam": 7.0, "zeta": 0.3}, "daps": {"ode_steps": 2}, "ddnm": {"eta": 0.85},
+    "diffpir": {"lam": 7.0, "zeta": 0.3}, "daps_exact": {"ode_steps": 2}, "ddnm": {"eta": 0.85},
     "scoreald": {"corrector_steps": 1, "corrector_size": 1.0},
 }
 PRIORS = {"narrow (s² = 0.1)": 0.1, "isotropic (s² = 1)": 1.0, "broad (s² = 10)": 10.0}

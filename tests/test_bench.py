@@ -77,7 +77,11 @@ def test_comparisons_report_ratios(results: Path) -> None:
     memory = json.loads((results / "memory.json").read_text())
     assert [r["sampler"] for r in memory["rows"]] == ["ddpm", "dps"]
     fast = json.loads((results / "fast.json").read_text())  # every posterior sampler of the registry, and DPS
-    assert {r["sampler"] for r in fast["rows"]} - {"deepinv-diffpir"} == set(posterior_samplers())
+    names = {r["sampler"] for r in fast["rows"]} - {"deepinv-diffpir"}
+    searched = {f"{k}@{v}" for k, v in fast["summary"]["fewest steps within 0.2 dB of DPS"].items()}
+    assert names - searched == set(posterior_samplers()) and searched <= names  # the fewest-steps rows are timed
+    assert any(note.startswith("Fewest steps within 0.2 dB of DPS (tried: 1): ") for note in fast["notes"])
+    assert fast["setup"].startswith("model=tiny, task=deblur, digits 8–8 (never used for tuning)")
 
 
 def test_quality_table_and_plot(results: Path) -> None:
@@ -167,7 +171,8 @@ def test_posterior_bias_refuses_a_sampler_without_its_num_steps(monkeypatch: pyt
         ("dps", "deblur", "step_size 5", 200),
         ("scoreald", "inpaint", "step_size 1, corrector_steps 1, corrector_size 1", 399),
         ("diffpir", "deblur", "lam 4, zeta 1", 100),
-        ("daps", "deblur", "step_size 0.5, ode_steps 1", 100),
+        ("daps_exact", "deblur", "step_size 0.5, ode_steps 1", 100),
+        ("daps", "inpaint", "lr 5e-05, ode_steps 5", 1000),
         ("reddiff", "deblur", "lam 0.05, lr 0.5", 100),
     ],
 )

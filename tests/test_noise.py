@@ -211,7 +211,7 @@ def test_gaussian_only_samplers_are_refused_for_other_noise(noise: str, sampler:
         validate(make_cfg([f"noise={noise}", f"sampler={sampler}"], tmp_path))
     assert info.value.problems == [
         f"sampler={sampler} cannot solve task=deblur: it needs gaussian noise (noise={noise}); samplers that can: "
-        "daps, dps"
+        "daps, daps_exact, dps"
     ]
 
 
@@ -222,7 +222,7 @@ def test_dps_and_daps_pass_every_noise_model(tmp_path: Path) -> None:
 
 
 def test_daps_exact_draw_needs_gaussian_noise_and_its_langevin_step_follows_the_noise_model() -> None:
-    from diffexp.samplers.daps import daps, langevin_x0
+    from diffexp.samplers.daps_exact import daps_exact as daps, langevin_x0
 
     op = Blur(SHAPE, gens(2), 0.05, kernel_size=3, noise=Poisson(1.0))
     y = op.measure(mean_image(2).float(), gens(2))

@@ -182,7 +182,7 @@ def test_samplers_needing_a_linear_operator_are_refused_naming_those_that_can(
     (message,) = info.value.problems
     cls = get_cls(task)
     assert message.startswith(f"sampler={sampler} cannot solve task={task}: it needs an operator with ")
-    assert f"({cls} offers differentiable); samplers that can: daps, dps, reddiff, scoreald" in message
+    assert f"({cls} offers differentiable); samplers that can: ald, daps, daps_exact, dps, reddiff, scoreald" in message
     assert "linear" in message.split("(")[0]
 
 
@@ -195,18 +195,18 @@ def test_ddnm_on_phase_retrieval_message(tmp_path: Path) -> None:
         validate(make_cfg(["task=phase_retrieval", "sampler=ddnm"], tmp_path))
     assert info.value.problems == [
         "sampler=ddnm cannot solve task=phase_retrieval: it needs an operator with adjoint, linear, pinv, solve_aat "
-        "(PhaseRetrieval offers differentiable); samplers that can: daps, dps, reddiff, scoreald"
+        "(PhaseRetrieval offers differentiable); samplers that can: ald, daps, daps_exact, dps, reddiff, scoreald"
     ]
 
 
 @pytest.mark.parametrize("task", NEW_TASKS)
-@pytest.mark.parametrize("sampler", ["dps", "daps", "reddiff", "scoreald"])
+@pytest.mark.parametrize("sampler", ["ald", "dps", "daps", "daps_exact", "reddiff", "scoreald"])
 def test_samplers_for_a_differentiable_operator_pass(task: str, sampler: str, tmp_path: Path) -> None:
     validate(make_cfg([f"task={task}", f"sampler={sampler}"], tmp_path))
 
 
 def test_daps_exact_draw_needs_a_linear_operator() -> None:
-    from diffexp.samplers.daps import daps
+    from diffexp.samplers.daps_exact import daps_exact as daps
 
     op = HDR(SHAPE, gens(), 0.05)
     with pytest.raises(ValueError, match=r"sampler\.langevin_steps=0 draws x0 exactly, .*HDR offers differentiable"):

@@ -304,7 +304,8 @@ def test_data_offset_skips_images(tmp_path: Path) -> None:
     ("overrides", "nfe"),
     [
         (["sampler=dps", "sampler.num_steps=3"], 3),
-        (["sampler=daps", "sampler.num_steps=3", "sampler.ode_steps=2"], 2 + 2 + 1),  # t = 0: one ODE step
+        (["sampler=daps_exact", "sampler.num_steps=3", "sampler.ode_steps=2"], 2 + 2 + 1),  # t = 0: one ODE step
+        (["sampler=daps", "sampler.num_steps=3", "sampler.ode_steps=2", "sampler.langevin_steps=1"], 3 * 2),
         (["sampler=scoreald", "sampler.num_steps=3", "sampler.corrector_steps=2"], 3 + 2 * 2),
     ],
 )

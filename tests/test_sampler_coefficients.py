@@ -25,7 +25,7 @@ from diffexp.operators.identity import Identity
 from diffexp.operators.inpaint import Inpaint
 from diffexp.operators.super_resolution import SuperResolution
 from diffexp.rng import per_image_noise
-from diffexp.samplers.daps import daps, ode_x0
+from diffexp.samplers.daps_exact import daps_exact as daps, ode_x0
 from diffexp.samplers.diffpir import diffpir, quad_timesteps
 from diffexp.samplers.scoreald import scoreald
 

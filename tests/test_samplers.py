@@ -21,7 +21,7 @@ from diffexp.operators.identity import Identity
 from diffexp.operators.inpaint import Inpaint
 from diffexp.operators.super_resolution import SuperResolution
 from diffexp.rng import per_image_noise
-from diffexp.samplers.daps import daps, gaussian_x0_draw, langevin_x0
+from diffexp.samplers.daps_exact import daps_exact as daps, gaussian_x0_draw, langevin_x0
 from diffexp.samplers.ddnm import ddnm, travel_schedule
 from diffexp.samplers.diffpir import diffpir
 from diffexp.samplers.pigdm import pigdm, pigdm_guidance
@@ -279,7 +279,7 @@ def test_declarations_tell_run_what_each_sampler_needs() -> None:
     assert diffpir.spec.operator == {"linear", "pinv", "prox"} and ddnm.spec.operator >= {"pinv", "solve_aat"}
 
 
-@pytest.mark.parametrize("name", ["scoreald", "pigdm", "ddnm", "diffpir", "daps", "reddiff"])
+@pytest.mark.parametrize("name", ["scoreald", "pigdm", "ddnm", "diffpir", "daps", "daps_exact", "reddiff"])
 def test_config_runs_end_to_end(name: str, tmp_path: Path) -> None:
     result = run(make_cfg([*FAST, f"sampler={name}", "task=inpaint"], tmp_path))
     # the tiny model is untrained: its 3-step outputs may be flagged "diverged" (residual far above σ_y)
@@ -327,7 +327,7 @@ def test_time_travel_visits_the_schedule_and_jumps_back_by_the_forward_diffusion
 ) -> None:
     """The callback sees the grid steps of the jump schedule with a monotone ``i``; after a jump from level t
     to t' the UNet gets sqrt(ᾱ_t'/ᾱ_t)·x_t + sqrt(1 − ᾱ_t'/ᾱ_t)·z, x_t the state before the jump."""
-    op = _ops(0.1)["sr2"].double()  # the smooth budget's steps draw their noise in ddim (the SVD budget in ddnm)
+    op = Blur(SHAPE, _gens(1), 0.1, kernel="motion", kernel_size=3).double()  # reflect-padded motion: no SVD, so the smooth budget (its noise drawn in ddim)
     x, y = _xy(op)
     grid = respaced_timesteps(1000, 6)
     drawn: list[torch.Tensor] = []  # the noise of each jump back (ddnm's own draws; its DDIM steps draw in ddim)

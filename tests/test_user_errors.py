@@ -40,7 +40,7 @@ def _png(size: int = 8, value: int = 128) -> bytes:
         (["num_imagse=3"], "num_imagse: no such key (did you mean num_images?); allowed at the top level: batch_size"),
         (["sampler.step_sise=3"], "sampler.step_sise: no such key (did you mean sampler.step_size?); allowed in "
                                   "sampler: clip_denoised, name, num_steps, step_size"),
-        (["sampler=dpss"], "sampler=dpss: no such option (did you mean sampler=dps?); allowed: daps, ddim, ddnm"),
+        (["sampler=dpss"], "sampler=dpss: no such option (did you mean sampler=dps?); allowed: ald, daps, daps_exact, ddim, ddnm"),
         (["-m", "task=nonexistent,deblur"], "task=nonexistent: no such option; allowed: deblur, denoise, generate"),
         (["num_images=["], "num_images=[: no viable alternative at input '['"),
         (["num_images=2,3"], "Ambiguous value for argument 'num_images=2,3'"),

@@ -267,7 +267,7 @@ def test_shipped_configs_pass(overrides: list[str], tmp_path: Path) -> None:
     ("overrides", "message"),
     [
         (["sampler=ddim"], "sampler=ddim cannot solve task=deblur: it needs measurement guidance; use a posterior "
-                           "sampler (daps, ddnm, diffpir, dps, pigdm, reddiff, scoreald)"),
+                           "sampler (ald, daps, daps_exact, ddnm, diffpir, dps, pigdm, reddiff, scoreald)"),
         (["task=generate"], "sampler=dps needs a measurement; task=generate supports ddim, ddpm"),
     ],
 )

@@ -22,7 +22,7 @@ A's output; weights are Python floats or tensors broadcastable as (B, 1, 1, 1)):
 - ``baseline(y)``: the measurement mapped to image space without a prior (what the baseline metrics score).
 
 Each subclass solves in closed form where A has the structure for it (identity, masks, average
-pooling, circular blur by FFT); the generic solvers below run conjugate gradients on A and Aᵀ,
+pooling, circular blur by FFT, separable SVDs); the generic solvers below run conjugate gradients on A and Aᵀ,
 image by image (per-image step sizes and stopping), so a result never depends on its batch.
 """
 
@@ -44,8 +44,12 @@ Weight = float | Tensor
 # names those it needs): a linear A, its explicit adjoint Aᵀ, A⁺, (w·AAᵀ + s·I)⁻¹, the prox of ‖y − A·‖², and
 # ``differentiable``: a useful vector-Jacobian product ``vjp(x, v)`` (the adjoint for a linear A; autograd, or a
 # documented surrogate such as a straight-through gradient, for a nonlinear one); ``svd``: A = UΣVᵀ with
-# ``svd_vt(x)`` = Vᵀx, ``svd_v(z)`` = Vz (V orthogonal, real), ``svd_singulars()`` = Σ's diagonal broadcastable to
-# ``svd_vt(x)`` (0 on the null space) and ``pinv`` the exact A⁺ = VΣ⁺Uᵀ (DDNM+'s per-direction noise budget).
+# ``svd_vt(x)`` = Vᵀx, ``svd_v(z)`` = Vz (V orthogonal; or unitary with complex coefficients, ``svd_v`` then returning
+# the real part, which drops only rounding after real factors that are functions of Σ: circular blur's DFT) and
+# ``svd_singulars()`` = Σ's diagonal broadcastable to ``svd_vt(x)`` (0 on the null space, and where the operator
+# truncates tiny singular values: blur below ``pinv_cutoff``, as DDRM/DDNM); DDNM+ applies A⁺ = VΣ⁺Uᵀ of that Σ as
+# Σ⁺² ⊙ Vᵀ(Aᵀ r) (its per-direction noise budget). An instance whose settings give A that structure adds the word
+# to its own ``capabilities`` (``Blur``: circular padding, or a Gaussian with reflect padding).
 CAPABILITIES = frozenset({"linear", "adjoint", "pinv", "solve_aat", "prox", "differentiable", "svd"})
 PROVIDED = ("image_shape", "generators")  # constructor arguments that run() passes itself: not settings
 PREFIX = "task.operator."  # where the settings live in the config

@@ -10,6 +10,15 @@ transfer function is ~1e-9 at Nyquist), so ``pinv`` is the regularised pseudo-in
 Aᵀ(AAᵀ + c²I)⁻¹ = (AᵀA + c²I)⁻¹Aᵀ with c = ``pinv_cutoff``: singular values s ≫ c are inverted,
 s ≪ c suppressed (s/(s² + c²)); DDRM likewise zeroes blur singular values below 3e-2.
 
+Where A has the structure (circular padding; a Gaussian kernel with reflect padding) the operator also offers its
+SVD (``svd``, DDNM+'s per-direction noise budget), truncated as DDRM's and DDNM's ``Deblurring`` (``ZERO = 3e-2``):
+singular values below ``pinv_cutoff`` count as 0, i.e. as null space. Circular: V is the unitary 2-D DFT,
+``svd_vt(x)`` = fft2(x, norm="ortho") (complex, Hermitian-symmetric for real x), ``svd_v(z)`` = the real part of
+ifft2(z, norm="ortho"), Σ = |â| per frequency (U = V·diag(â/|â|)); a real factor symmetric under f → −f, as
+every function of Σ is (|â(−f)| = |â(f)| for a real kernel), keeps V(·) real, so the real part drops only
+rounding. Reflect + Gaussian: ``SeparableSVD``'s real V. Motion blur with reflect padding has no SVD here
+(the FFT does not diagonalise a reflect-padded convolution, and a motion kernel is not separable).
+
 ``kernel=gaussian``: a sampled Gaussian truncated at 4σ (as ``scipy.ndimage.gaussian_filter`` of a
 centred delta, which is how DPS builds its 61×61, σ=3 kernel), cropped to ``kernel_size`` and
 normalised. ``kernel=motion``: one random kernel per image, drawn as DPS draws its motion kernels
@@ -85,6 +94,7 @@ class Blur(LinearOperator):
     """
 
     capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities  # exact SVD/FFT solves, else CG
+    # an instance with an SVD (circular padding, or a Gaussian with reflect padding) adds "svd" (module docstring)
 
     def __init__(
         self,
@@ -119,6 +129,8 @@ class Blur(LinearOperator):
             taps = gaussian_taps(kernel_size, std)
             rows = correlation_matrix(taps, h) @ self.pad_rows.double()
             self.svd = SeparableSVD(rows, correlation_matrix(taps, w) @ self.pad_cols.double())
+        if padding == "circular" or self.svd is not None:
+            self.capabilities = type(self).capabilities | {"svd"}
 
     @classmethod
     def check(cls, image_shape: tuple[int, int, int], settings: dict[str, Any]) -> list[str]:
@@ -154,6 +166,34 @@ class Blur(LinearOperator):
         if self.svd is not None:
             return self.svd.pinv(y, cutoff=self.pinv_cutoff)
         return self.adjoint(self.solve_aat(y, aat_weight=1.0, noise_var=self.pinv_cutoff**2))
+
+    def svd_vt(self, x: Tensor) -> Tensor:
+        """Vᵀx (Vᴴx): the unitary DFT (circular, complex) or the separable SVD's V (reflect + Gaussian)."""
+        if self.padding == "circular":
+            return torch.fft.fft2(x, norm="ortho")
+        return self._svd().svd_vt(x)
+
+    def svd_v(self, z: Tensor) -> Tensor:
+        """Vz: the real part of the unitary inverse DFT (circular; module docstring), or the separable V."""
+        if self.padding == "circular":
+            return torch.fft.ifft2(z, norm="ortho").real
+        return self._svd().svd_v(z)
+
+    def svd_singulars(self) -> Tensor:
+        """Σ on ``svd_vt``'s coefficients, singular values below ``pinv_cutoff`` set to 0: |â| per frequency and
+        kernel, (N, 1, H, W) (circular), or the products of the 1-D singular values, (H, W)."""
+        if self.padding != "circular":
+            return self._svd().singulars(self.pinv_cutoff)
+        delta = torch.zeros(self.kernels.shape[0], 1, *self.image_shape[1:], dtype=self.kernels.dtype,
+                            device=self.kernels.device)
+        delta[..., 0, 0] = 1
+        s = torch.fft.fft2(self.forward(delta)).abs()
+        return torch.where(s >= self.pinv_cutoff, s, torch.zeros_like(s))
+
+    def _svd(self) -> SeparableSVD:
+        if self.svd is None:
+            raise NotImplementedError("motion blur with reflect padding has no SVD here (padding=circular has)")
+        return self.svd
 
     def solve_aat(self, v: Tensor, *, aat_weight: Weight, noise_var: Weight) -> Tensor:
         if self.svd is not None:

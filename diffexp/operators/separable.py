@@ -6,6 +6,10 @@ uses for its separable operators, Kawar et al. 2022, appendix). Every solve is t
 products and an elementwise division: exact, deterministic, no iterations. Used by bicubic
 super-resolution and Gaussian blur with reflect padding (whose 1-D factor is the band matrix of the
 1-D taps times the reflect-padding matrix).
+
+The same SVD, completed to square V_r and V_c (the right singular vectors of singular value 0 appended), is the
+``svd`` capability DDNM+ budgets its noise with: ``svd_vt(x)`` = V_rᵀ X V_c, ``svd_v(z)`` = V_r Z V_cᵀ (image-shaped
+coefficients, coefficient (i, j) the direction v_r[i] ⊗ v_c[j]) and ``singulars`` = s_r[i]·s_c[j] (0 on the null space).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ class SeparableSVD(nn.Module):
             self.register_buffer(f"u_{name}", u.float(), persistent=False)
             self.register_buffer(f"s_{name}", s.float(), persistent=False)
             self.register_buffer(f"v_{name}", vt.T.float(), persistent=False)
+            # V completed by the null space of ``mat`` (right vectors of the full SVD beyond its rank m): square, orthogonal
+            rest = torch.linalg.svd(mat.double(), full_matrices=True)[2][mat.shape[0] :]
+            self.register_buffer(f"vfull_{name}", torch.cat([vt, rest]).T.float(), persistent=False)
 
     def solve_aat(self, v: Tensor, *, aat_weight: Weight, noise_var: Weight) -> Tensor:
         """(w·AAᵀ + s·I)⁻¹ v: AAᵀ = U Σ² Uᵀ with U square."""
@@ -55,3 +62,20 @@ class SeparableSVD(nn.Module):
         sigma = torch.outer(self.s_rows, self.s_cols).to(y.dtype)
         coef = separable(y, self.u_rows.T, self.u_cols.T) * sigma / (sigma * sigma + cutoff**2)
         return separable(coef, self.v_rows, self.v_cols)
+
+    def svd_vt(self, x: Tensor) -> Tensor:
+        """Vᵀx = V_rᵀ X V_c with the square V's: the coefficients of x on v_r[i] ⊗ v_c[j], image-shaped."""
+        return separable(x, self.vfull_rows.T, self.vfull_cols.T)
+
+    def svd_v(self, z: Tensor) -> Tensor:
+        """Vz = V_r Z V_cᵀ."""
+        return separable(z, self.vfull_rows, self.vfull_cols)
+
+    def singulars(self, cutoff: float = 0.0) -> Tensor:
+        """Σ's diagonal on ``svd_vt``'s coefficients, (n_r, n_c): s_r[i]·s_c[j], 0 beyond either factor's rank and
+        where it is below ``cutoff`` (then counted as null space, as DDRM and DDNM truncate blur singular values)."""
+        rows, cols = (torch.zeros(v.shape[0], dtype=s.dtype, device=s.device) for v, s in
+                      ((self.vfull_rows, self.s_rows), (self.vfull_cols, self.s_cols)))
+        rows[: self.s_rows.numel()], cols[: self.s_cols.numel()] = self.s_rows, self.s_cols
+        sigma = torch.outer(rows, cols)
+        return torch.where(sigma >= cutoff, sigma, torch.zeros_like(sigma))

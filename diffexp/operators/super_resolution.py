@@ -4,6 +4,11 @@ Average pooling has AAᵀ = I/f² and AᵀA = Π/f² (Π: the orthogonal project
 f×f blocks), so its adjoint, pseudo-inverse, solve and prox are closed forms (the prox by Woodbury:
 (Π/f² + ρI)⁻¹ = (I − Π)/ρ + Π/(1/f² + ρ), applied to Aᵀy + ρz: (I − Π)z + (Aᵀy + ρΠz)/(1/f² + ρ)). Bicubic is separable, A X = R X Cᵀ, and solves exactly
 through the SVDs of R and C (``SeparableSVD``).
+
+Both offer their SVD (``svd``: DDNM+'s per-direction noise budget). Average pooling's V is the orthonormal 2-D DCT-II
+of each f×f block (``block_dct``): its (0, 0) coefficient (1/f)·Σ_block x is the block's mean direction, the row of A
+being (1/f²)·1ᵀ of norm 1/f, so its singular value is 1/f (U = I); the other f² − 1 coefficients of a block span the
+rest of it, A's null space (singular value 0). Bicubic's V is ``SeparableSVD``'s, completed by the null space.
 """
 
 from __future__ import annotations
@@ -28,13 +33,22 @@ def bicubic_matrix(n: int, factor: int) -> Tensor:
     return F.interpolate(eye, size=(n // factor, n), mode="bicubic", align_corners=False, antialias=True)[0, 0]
 
 
+def block_dct(n: int, factor: int) -> Tensor:
+    """The n × n block-diagonal orthogonal matrix of the 1-D orthonormal DCT-II on each run of ``factor`` entries,
+    float64: row k·factor + u holds basis function u of block k (u = 0: the constant 1/sqrt(factor))."""
+    u = torch.arange(factor, dtype=torch.float64)[:, None]
+    d = torch.cos(torch.pi * (2 * u.T + 1) * u / (2 * factor)) * (2 / factor) ** 0.5
+    d[0] = factor**-0.5
+    return torch.block_diag(*[d] * (n // factor))
+
+
 class SuperResolution(LinearOperator):
     """y = D x: ``avgpool`` (mean of factor×factor blocks) or ``bicubic`` (antialiased bicubic resize).
 
     The baseline is the bicubic up-sampling of y.
     """
 
-    capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities  # closed forms (avgpool) or SVD (bicubic)
+    capabilities: ClassVar[frozenset[str]] = LinearOperator.capabilities | {"svd"}  # closed forms (avgpool) or SVD (bicubic)
 
     def __init__(
         self,
@@ -55,6 +69,9 @@ class SuperResolution(LinearOperator):
             self.register_buffer("rows", bicubic_matrix(h, factor), persistent=False)
             self.register_buffer("cols", bicubic_matrix(w, factor), persistent=False)
             self.svd = SeparableSVD(self.rows, self.cols)
+        else:  # svd_vt(x) = Dₕ X D_wᵀ, the block DCT of module docstring
+            self.register_buffer("dct_rows", block_dct(h, factor).float(), persistent=False)
+            self.register_buffer("dct_cols", block_dct(w, factor).float(), persistent=False)
 
     @classmethod
     def check(cls, image_shape: tuple[int, int, int], settings: dict[str, Any]) -> list[str]:
@@ -80,6 +97,29 @@ class SuperResolution(LinearOperator):
         if self.downsample == "avgpool":  # Aᵀ(AAᵀ)⁻¹ = f²·Aᵀ: nearest-neighbour up-sampling
             return self._repeat(y)
         return self.svd.pinv(y)
+
+    def svd_vt(self, x: Tensor) -> Tensor:
+        """Vᵀx: the orthonormal DCT of every f×f block (avgpool), or ``SeparableSVD.svd_vt`` (bicubic)."""
+        if self.downsample == "avgpool":
+            return separable(x, self.dct_rows, self.dct_cols)
+        return self.svd.svd_vt(x)
+
+    def svd_v(self, z: Tensor) -> Tensor:
+        """Vz, the inverse of ``svd_vt``."""
+        if self.downsample == "avgpool":
+            return separable(z, self.dct_rows.T, self.dct_cols.T)
+        return self.svd.svd_v(z)
+
+    def svd_singulars(self) -> Tensor:
+        """Σ on ``svd_vt``'s coefficients, (H, W): 1/f at each block's (0, 0) coefficient, 0 elsewhere (avgpool);
+        the products of the 1-D singular values (bicubic, full row rank: A⁺ is exact)."""
+        if self.downsample != "avgpool":
+            return self.svd.singulars()
+        _, h, w = self.image_shape
+        f = self.factor
+        dev = self.dct_rows.device
+        on = (torch.arange(h, device=dev)[:, None] % f == 0) & (torch.arange(w, device=dev) % f == 0)
+        return on.to(self.dct_rows.dtype) / f
 
     def solve_aat(self, v: Tensor, *, aat_weight: Weight, noise_var: Weight) -> Tensor:
         if self.downsample == "avgpool":

@@ -1,4 +1,17 @@
-"""Decoupled annealing posterior sampling, DAPS (Zhang et al., CVPR 2025, Algorithm 1), in VP form."""
+"""Decoupled annealing posterior sampling, DAPS, as its authors run it (Zhang et al., CVPR 2025, Algorithm 1).
+
+The authors' DAPS-1K (repository zhangbingliang2019/DAPS: ``sampler.py``, ``cores/mcmc.py``,
+``cores/scheduler.py``, ``configs/sampler/edm_daps.yaml``, ``configs/task/*.yaml``): 200 annealing levels of EDM
+σ from 100 to 0.1 (poly-7), at each level a 5-step Euler probability-flow ODE from σ down to 0.01 for x̂0, then 100
+Langevin steps on x0 with τ = 0.01 and a learning rate that decays linearly to 1 % over the run, then re-noising
+to the next level. 1 000 network calls per image. Our exact-draw variant is ``sampler=daps_exact``.
+
+Everything is in VE (EDM) units, x_σ = x0 + σ·ε. The shipped models are discrete-time VP models, so each σ is
+rounded to the model's nearest level σ_t = sqrt((1−ᾱ_t)/ᾱ_t) (EDM's ``iDDPMPrecond.round_sigma``, the way Karras
+et al. 2022 run discrete ADM models) and the network sees sqrt(ᾱ_t)·x_σ at timestep t. The authors' VP wrapper
+(``VPPrecond``) instead feeds a continuous timestep from the continuous-VP approximation β(t) = 0.1 + 19.9 t of
+the same linear schedule: a deviation of at most one training step's σ (under 3 % of σ on the default levels).
+"""
 
 from __future__ import annotations
 
@@ -8,81 +21,88 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
-from diffexp.models.schedule import previous_alphas_cumprod, respaced_timesteps
 from diffexp.rng import per_image_noise
-from diffexp.samplers.base import Callback, FiniteCheck, clip_x0, grid_alphas, require_measurement
-from diffexp.samplers.registry import per_step, sampler
-from diffexp.settings import Allowed, Finite, Ge, NonNegativeInt, PositiveFloat, PositiveInt
+from diffexp.samplers.base import Callback, FiniteCheck, require_measurement
+from diffexp.samplers.registry import sampler
+from diffexp.settings import Allowed, Finite, Gt, Le, NonNegativeInt, PositiveFloat, PositiveInt
 
 
-def ode_x0(model: Any, x: Tensor, grid: Tensor, clip_denoised: bool | None) -> Tensor:
-    """x̂0(x_t): the probability-flow ODE (deterministic DDIM, η = 0) from x_t along ``grid`` (t, ..., 0);
-    one step is Tweedie's x̂0 (DAPS's "few-step ODE solve" of x0 given x_t)."""
-    ac = model.alphas_cumprod
-    ab_all = ac[grid].to(x.dtype)
-    ab_prev_all = previous_alphas_cumprod(ac, grid).to(x.dtype)
-    for k, t in enumerate(grid):
-        ab, ab_prev = ab_all[k], ab_prev_all[k]
-        eps = model.eps(x, t)
-        x0 = clip_x0(model, (x - (1 - ab).sqrt() * eps) / ab.sqrt(), clip_denoised)
-        x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
-    return x0
+def edm_sigmas(num: int, sigma_max: float, sigma_min: float, rho: float) -> Tensor:
+    """The EDM poly-ρ grid of ``num`` points from σ_max to σ_min (Karras et al. 2022, eq. 5), float64:
+    σ_i = (σ_max^(1/ρ) + i/(num−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ."""
+    r = torch.linspace(0, 1, num, dtype=torch.float64)
+    return (sigma_max ** (1 / rho) + r * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-def gaussian_x0_draw(
-    operator: Any, x0_hat: Tensor, y: Tensor, r2: Tensor, tau: float, generators: Sequence[torch.Generator]
-) -> Tensor:
-    """An exact draw from N(x0; x̂0, r²I)·N(y; A x0, τ²I) by perturb-and-MAP: x0 = argmin ‖y + τn − A x‖² +
-    (τ²/r²)‖x − x̂0 − r z‖² (the minimiser of a perturbed quadratic is a draw from its Gaussian); τ = 0 is
-    the limit τ → 0⁺, the draw of the prior part projected onto A x = y."""
-    z = x0_hat + r2.sqrt() * per_image_noise(generators, x0_hat)
-    if tau == 0:
-        return z - operator.pinv(operator(z) - y)
-    return operator.prox(z, y + tau * per_image_noise(generators, y), rho=tau**2 / r2)
+def nearest_timesteps(model: Any, sigmas: Tensor) -> Tensor:
+    """The model's timestep whose σ_t = sqrt((1−ᾱ_t)/ᾱ_t) is nearest to each σ (EDM's ``iDDPMPrecond``)."""
+    ac = model.alphas_cumprod.double().cpu()
+    levels = ((1 - ac) / ac).sqrt()
+    return (levels[None, :] - sigmas.double()[:, None]).abs().argmin(dim=1)
+
+
+def model_sigmas(model: Any, t: Tensor, like: Tensor) -> Tensor:
+    """σ_t = sqrt((1−ᾱ_t)/ᾱ_t) of timesteps ``t``, in ``like``'s dtype and device."""
+    ac = model.alphas_cumprod.double()[t.to(model.alphas_cumprod.device)]
+    return ((1 - ac) / ac).sqrt().to(like.device, like.dtype)
+
+
+def ode_x0(model: Any, x: Tensor, t: Tensor, sigma: Tensor) -> Tensor:
+    """x̂0(x_σ): the authors' Euler probability-flow ODE (EDM eq. 4, ``DiffusionPFODE`` with ``solver='euler'``)
+    through the levels (``t``, ``sigma``): x ← x + (σ_{k+1} − σ_k)·(x − D(x; σ_k))/σ_k with
+    (x − D)/σ = ε_θ(sqrt(ᾱ_t)·x, t), one network call per step. The result is x at the last level (σ = 0.01 by
+    default, the model's t = 0), not a denoised D: as the authors' code returns it."""
+    for k in range(len(t) - 1):
+        ab = 1 / (1 + sigma[k] ** 2)
+        x = x + (sigma[k + 1] - sigma[k]) * model.eps(ab.sqrt() * x, t[k])
+    return x
 
 
 def langevin_x0(
     operator: Any,
     x0_hat: Tensor,
     y: Tensor,
-    r2: Tensor,
+    sigma: Tensor,
     tau: float,
-    generators: Sequence[torch.Generator],
+    lr: float,
     steps: int,
-    step_size: float,
+    generators: Sequence[torch.Generator],
 ) -> Tensor:
-    """DAPS's Langevin steps (its eq. 9) on log N(x0; x̂0, r²I) + log N(y; A(x0), τ²I), from x̂0:
-    x0 ← x0 − lr·((x0 − x̂0)/r² + Jᵀ(A(x0) − y)/τ²) + sqrt(2 lr)·z, lr = step_size/(1/r² + 1/τ²) (a step
-    relative to the gradient's Lipschitz bound for ‖A‖ ≤ 1, so that step_size < 2 is stable at every level).
-    Jᵀv is ``operator.vjp(x0, v)``: Aᵀv for a linear A (bit-identical), autograd's for a nonlinear one.
+    """The authors' Langevin steps on x0 (``MCMCSampler``, ``mc_algo=langevin``, ``prior_solver=gaussian``):
 
-    A(x0) − y is the noise model's ``gradient(y, A(x0))`` = sigma_y²·∂nll/∂A(x0) (``diffexp.noise``): exactly
-    A(x0) − y for Gaussian noise; for Poisson noise the likelihood term is then (sigma_y²/τ²)·∇nll, the true Poisson
-    likelihood at τ = sigma_y (the default). Its curvature at a dim pixel of [0, 1] value v is 1/v times the bound
-    above, so Poisson needs a smaller ``step_size`` (docs/operators.md)."""
-    lr = step_size / (1 / r2 + 1 / tau**2)
-    x0 = x0_hat
+        x ← x + lr·(−∇_x‖A(x) − y‖²/τ² + (x̂0 − x)/σ²) + sqrt(2·lr)·z,   from x = x̂0,
+
+    the loss ‖·‖² without a ½ (so the likelihood is N(y; A(x), τ²/2·I)). ∇‖A(x) − y‖² = 2·Jᵀ(A(x) − y) with Jᵀv
+    ``operator.vjp`` (the explicit adjoint for a linear A, autograd's for a nonlinear one), and A(x) − y the noise
+    model's ``gradient(y, A(x))`` (exactly A(x) − y for Gaussian noise; for Poisson noise the loss becomes
+    2σ_y²·NLL, the authors having no Poisson form)."""
+    x = x0_hat
     for _ in range(steps):
-        grad = (x0 - x0_hat) / r2 + operator.vjp(x0, operator.noise.gradient(y, operator(x0))) / tau**2
-        x0 = x0 - lr * grad + (2 * lr).sqrt() * per_image_noise(generators, x0)
-    return x0
+        data = operator.vjp(x, operator.noise.gradient(y, operator(x)))
+        score = (x0_hat - x) / sigma**2 - 2 * data / tau**2
+        x = x + lr * score + (2 * lr) ** 0.5 * per_image_noise(generators, x)
+    return x
 
-def network_calls(timesteps: Tensor, ode_steps: int = 1, **hparams: object) -> int:
-    """UNet evaluations per image (metrics.json ``nfe``): ``ode_steps`` per noise level t, at most t + 1."""
-    return sum(min(ode_steps, t + 1) for t in timesteps.tolist())
+
+def network_calls(timesteps: Tensor, ode_steps: int = 5, **hparams: object) -> int:
+    """UNet evaluations per image (metrics.json ``nfe``): ``ode_steps`` Euler steps per annealing level."""
+    return len(timesteps) * ode_steps
+
+
+def sampling_steps(timesteps: Tensor, **hparams: object) -> int:
+    """Callbacks per batch: one per annealing level."""
+    return len(timesteps)
 
 
 @sampler(
     measurement=True,
     unet_grad=False,
-    operator=frozenset({"differentiable"}),  # langevin_steps = 0 (the exact draw) also needs prox (and pinv)
-    # Langevin steps follow any noise model's likelihood; the exact draw (langevin_steps=0) needs Gaussian noise
+    operator=frozenset({"differentiable"}),
+    # the Langevin loss follows any noise model's gradient (Gaussian: the authors' ‖A(x) − y‖²)
     noise=frozenset({"gaussian", "poisson", "poisson_gaussian"}),
     network_calls=network_calls,
-    sampling_steps=per_step,
+    sampling_steps=sampling_steps,
 )
-
-
 @torch.no_grad()
 def daps(
     model: Any,
@@ -93,63 +113,60 @@ def daps(
     y: Tensor | None = None,
     operator: Any = None,
     callback: Callback | None = None,
-    ode_steps: PositiveInt = 1,
-    langevin_steps: NonNegativeInt = 0,
-    step_size: PositiveFloat = 0.5,
-    tau: Annotated[float, Ge(0), Finite, Allowed("null (task.sigma_y) or a finite number >= 0")] | None = None,
-    clip_denoised: bool | None = None,
+    ode_steps: PositiveInt = 5,
+    langevin_steps: NonNegativeInt = 100,
+    lr: PositiveFloat = 1e-4,
+    lr_min_ratio: Annotated[float, Gt(0), Le(1), Allowed("a number in (0, 1]")] = 0.01,
+    tau: PositiveFloat = 0.01,
+    sigma_max: PositiveFloat = 100.0,
+    sigma_min: PositiveFloat = 0.1,
+    ode_sigma_min: PositiveFloat = 0.01,
+    rho: Annotated[float, Gt(0), Finite, Allowed("a finite number > 0")] = 7.0,
 ) -> Tensor:
-    """DAPS: at each noise level of ``timesteps`` (the annealing schedule),
+    """DAPS (Algorithm 1): for each annealing level σ_i, i = 0, …, L−1 (L = ``num_steps``, the run's grid length),
 
-        x̂0 = ODE(x_t → 0) in ``ode_steps`` DDIM steps,
-        x0 ~ N(x0; x̂0, r_t²I)·N(y; A x0, τ²I),   r_t² = σ̄_t² = (1−ᾱ_t)/ᾱ_t (the paper's r_t = σ_t),
-        x_{t'} = sqrt(ᾱ_{t'})·x0 + sqrt(1−ᾱ_{t'})·ε   (re-noising to the next level t', the paper's
-                                                        x_{t'} = x0 + σ_{t'}ε in VE units),
+        x̂0 = ODE(x_{σ_i} → σ = ``ode_sigma_min``) in ``ode_steps`` Euler steps on the poly-ρ grid (``ode_x0``),
+        x0 ~ N(x0; x̂0, σ_i²I)·N(y; A(x0), τ²/2·I) by ``langevin_steps`` Langevin steps at
+             lr_i = lr·(1 + i/(L+1)·(``lr_min_ratio`` − 1)) (``langevin_x0``),
+        x_{σ_{i+1}} = x0 + σ_{i+1}·ε,
 
-    and x0 of the last level is the result. ``langevin_steps`` K > 0 draws x0 with the paper's K Langevin
-    steps (``langevin_x0``, ``step_size`` relative to the Lipschitz bound); K = 0 (default) draws it
-    exactly (``gaussian_x0_draw``: the target is Gaussian for a linear A, the limit the Langevin chain
-    approaches); it needs a linear A (``prox``, ``pinv``), so a nonlinear operator needs K > 0 (the paper's
-    K = 100: ``conf/tuned/<task>_daps.yaml``). τ (``tau``) is the likelihood's noise level, the measurement's σ_y
-    when null.
-    Network calls: len(timesteps)·ode_steps.
+    and returns x0 of the last level. The levels are the first L of L+1 poly-ρ points from ``sigma_max`` to
+    ``sigma_min`` (the authors' ``Scheduler.discretize``: σ_min itself is never visited; the last re-noising is
+    to σ = 0); x starts as σ_0·ε, ε the run's initial noise. Defaults are DAPS-1K's; the per-task learning rates
+    of the authors' ``configs/task`` are in ``conf/tuned/<task>_daps.yaml``.
+
+    Deviations, each for a reason:
+    - σ levels are rounded to the model's discrete levels (module docstring);
+    - ``sigma_max`` is capped at the σ of the run's first timestep when a ``t_start`` lowers it;
+    - non-finite values raise ``SamplingDivergedError`` naming the level, where the authors' Langevin loop
+      silently returns zeros.
+    Network calls: L·``ode_steps``; no backpropagation through the network.
     """
     require_measurement("daps", y, operator)
-    if ode_steps < 1:
-        raise ValueError(f"sampler.ode_steps={ode_steps} must be >= 1")
-    if langevin_steps < 0:
-        raise ValueError(f"sampler.langevin_steps={langevin_steps} must be >= 0")
-    if step_size <= 0:
-        raise ValueError(f"sampler.step_size={step_size} must be > 0")
-    tau = operator.sigma_y if tau is None else float(tau)
-    if tau < 0 or (langevin_steps > 0 and tau == 0):
-        raise ValueError(
-            f"sampler.tau={tau} (null: task.sigma_y) must be >= 0, and > 0 with sampler.langevin_steps > 0"
-        )
-    if langevin_steps == 0 and operator.noise.name != "gaussian":
-        raise ValueError(f"sampler.langevin_steps=0 draws x0 exactly from a Gaussian likelihood; noise="
-                         f"{operator.noise.name} needs Langevin steps: set sampler.langevin_steps > 0 (DAPS: 100) and "
-                         "a small sampler.step_size (docs/operators.md)")
-    if langevin_steps == 0 and not {"prox", "pinv"} <= operator.capabilities:
-        raise ValueError(f"sampler.langevin_steps=0 draws x0 exactly, which needs a linear operator with prox and pinv "
-                         f"({type(operator).__name__} offers {', '.join(sorted(operator.capabilities)) or 'none'}): "
-                         "set sampler.langevin_steps > 0 (DAPS: 100)")
-    ab_all, ab_prev_all = grid_alphas(model, timesteps, x)
-    T = model.num_train_timesteps
-    inner = [respaced_timesteps(T, ode_steps, t_max=t).to(x.device) for t in timesteps.tolist()]
-    check = FiniteCheck("daps", "a model producing NaN/Inf or sampler.step_size too large", timesteps, x.device)
+    if not sigma_max > sigma_min > ode_sigma_min > 0:
+        raise ValueError(f"sampler.sigma_max={sigma_max} > sampler.sigma_min={sigma_min} > "
+                         f"sampler.ode_sigma_min={ode_sigma_min} > 0 must hold")
+    L = len(timesteps)
+    first = model_sigmas(model, timesteps[:1].cpu(), torch.empty((), dtype=torch.float64)).item()
+    levels = edm_sigmas(L + 1, min(sigma_max, first), sigma_min, rho)[:L]
+    level_t = nearest_timesteps(model, levels)
+    level_sigma = model_sigmas(model, level_t, x)
+    inner = [nearest_timesteps(model, edm_sigmas(ode_steps + 1, float(s), ode_sigma_min, rho)) for s in level_sigma]
+    inner_sigma = [model_sigmas(model, t, x) for t in inner]
+    inner = [t.to(x.device) for t in inner]
+    level_ab = 1 / (1 + level_sigma**2)
+    check = FiniteCheck("daps", "a model producing NaN/Inf or sampler.lr too large for 2/sampler.tau^2",
+                        level_t, x.device)
+    x = level_sigma[0] * x
     x0 = x
-    for i, t in enumerate(timesteps):
-        ab, ab_prev = ab_all[i], ab_prev_all[i]
-        x0_hat = ode_x0(model, x, inner[i], clip_denoised)
-        r2 = (1 - ab) / ab
-        if langevin_steps > 0:
-            x0 = langevin_x0(operator, x0_hat, y, r2, tau, generators, langevin_steps, step_size)
-        else:
-            x0 = gaussian_x0_draw(operator, x0_hat, y, r2, tau, generators)
-        if i + 1 < len(timesteps):
-            x = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * per_image_noise(generators, x0)
+    for i in range(L):
+        x0_hat = ode_x0(model, x, inner[i], inner_sigma[i])
+        lr_i = lr * (1 + i / (L + 1) * (lr_min_ratio - 1))
+        x0 = langevin_x0(operator, x0_hat, y, level_sigma[i], tau, lr_i, langevin_steps, generators)
+        if i + 1 < L:
+            x = x0 + level_sigma[i + 1] * per_image_noise(generators, x0)
         check(i, x=x, x0=x0)
         if callback is not None:
-            callback({"i": i, "t": t, "x": x, "x0": x0})
+            ab = level_ab[i + 1] if i + 1 < L else torch.ones_like(level_ab[i])
+            callback({"i": i, "t": level_t[i], "x": ab.sqrt() * x, "x0": x0})
     return x0
