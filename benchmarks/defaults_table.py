@@ -20,7 +20,7 @@ def _cell(stats: dict | None, digits: int) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-KNOBS = ("step_size", "eta", "lam", "zeta", "lr", "ode_steps", "corrector_steps", "corrector_size")
+KNOBS = ("step_size", "eta", "lam", "zeta", "lr", "tau", "ode_steps", "corrector_steps", "corrector_size")
 
 
 def settings(sampler: dict) -> str:

@@ -138,8 +138,9 @@ def main() -> None:
         "4×4 box; sr2: ×2 average pooling; blur: 3×3 Gaussian, std 1, circular). Each cell: "
         "mean error |x̄ − m|/sqrt(C_ii/N) averaged over pixels (≈ 0.8 for an exact sampler) / "
         "variance ratio mean(s²_i/C_ii) (1 for an exact sampler; MC error ≈ ±0.02). Samplers at "
-        "their nominal settings (step sizes 1; DiffPIR λ = 7 (the paper's λ, noise in [0, 1] units), ζ = 0.3, the paper's deblurring values; DAPS "
-        "ode_steps = 2; DDNM η = 0.85; ScoreALD with its corrector (K = 1, size 1); RED-diff λ = 0.05, lr = 0.5), num_steps: "
+        "their nominal settings (step sizes 1; DiffPIR λ = 7 (the paper's λ, noise in [0, 1] units), ζ = 0.3, the paper's deblurring values; daps_exact "
+        "ode_steps = 2; daps at the authors' DAPS-1K settings (τ = 0.01, lr 1e-4 decaying to 1e-6, 100 Langevin steps, "
+        "5 Euler ODE steps per level); ald at ε = 5e-5 with the paper's likelihood; DDNM η = 0.85; ScoreALD with its corrector (K = 1, size 1); RED-diff λ = 0.05, lr = 0.5), num_steps: "
         + ", ".join(f"{k} {STEPS[k]}" for k in names)
         + "; x̂0 not clipped. Produced by `python -m benchmarks.posterior_bias`.",
         "",

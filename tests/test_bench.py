@@ -172,7 +172,7 @@ def test_posterior_bias_refuses_a_sampler_without_its_num_steps(monkeypatch: pyt
         ("scoreald", "inpaint", "step_size 1, corrector_steps 1, corrector_size 1", 399),
         ("diffpir", "deblur", "lam 4, zeta 1", 100),
         ("daps_exact", "deblur", "step_size 0.5, ode_steps 1", 100),
-        ("daps", "inpaint", "lr 5e-05, ode_steps 5", 1000),
+        ("daps", "inpaint", "lr 5e-05, tau 0.01, ode_steps 5", 1000),
         ("reddiff", "deblur", "lam 0.05, lr 0.5", 100),
     ],
 )

@@ -295,6 +295,8 @@ def test_config_runs_end_to_end(name: str, tmp_path: Path) -> None:
         (["sampler=daps", "sampler.ode_steps=0"], r"sampler\.ode_steps=0 is invalid: allowed is an integer >= 1"),
         (["sampler=daps", "sampler.tau=-1"], r"sampler\.tau=-1 is invalid"),
         (["sampler=daps", "sampler.langevin_steps=-2"], r"sampler\.langevin_steps=-2 is invalid"),
+        (["sampler=daps", "sampler.lr_min_ratio=2"], r"sampler\.lr_min_ratio=2 is invalid: allowed is a number in \(0, 1\]"),
+        (["sampler=daps_exact", "sampler.step_size=0"], r"sampler\.step_size=0 is invalid"),
         (["sampler=scoreald", "sampler.corrector_steps=-1"], r"sampler\.corrector_steps=-1 is invalid"),
         (["sampler=scoreald", "sampler.corrector_size=0"], r"sampler\.corrector_size=0 is invalid"),
         (["sampler=reddiff", "sampler.lr=0"], r"sampler\.lr=0 is invalid: allowed is a finite number > 0"),
