@@ -119,7 +119,7 @@ def fast(s: Settings, out_dir: Any) -> dict[str, Any]:
                     ("ssim", "SSIM", ".3f")],
         "rows": rows,
         "summary": {"best Δ PSNR (dB) among samplers at <= 1/4 of DPS's time": max(quick) if quick else None,
-                    "fewest steps within 0.2 dB of DPS": fewest,
+                    "fewest steps within 0.2 dB of DPS": ", ".join(f"{k} {v}" for k, v in fewest.items()) or "none",
                     "fastest within 0.2 dB (time / DPS)": min((r["time_ratio"] for r in rows[1:]
                                                                if r["psnr_gap"] >= -0.2), default=None)},
         "notes": notes,

@@ -37,7 +37,7 @@ def section(result: dict[str, Any], with_machine: bool) -> str:
         parts.append(f"Machine: {machine_line(result['machine'])}.")
     parts += ["", table([tuple(c) for c in result["columns"]], result["rows"]), ""]
     for label, value in result["summary"].items():
-        parts.append(f"- **{label}: {_cell(value, '.2f')}**")
+        parts.append(f"- **{label}: {_cell(value, '.2f' if isinstance(value, (int, float)) else '')}**")
     parts += [f"- {note}" for note in result["notes"]]
     if result.get("plot"):
         parts += ["", f"![{result['title']}]({result['plot']})"]
