@@ -89,6 +89,10 @@ tune: $(STAMP) ## Step-size sweeps behind the per-task defaults: outputs/tune/<t
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=scoreald sampler.num_steps=200,1000 hydra.sweep.dir=outputs/tune/scoreald-steps
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=$(POSTERIOR) data.offset=8 hydra.sweep.dir=outputs/tune/unseen
 	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=ddnm,pigdm data.offset=8 hydra.sweep.dir=outputs/tune/unseen-ddnm-pigdm
+	-$(SWEEP) task=deblur,super_resolution sampler=ald sampler.likelihood=paper,propagated hydra.sweep.dir=outputs/tune/ald-likelihood
+	-$(SWEEP) task=inpaint,deblur,super_resolution sampler=diffpir sampler.lam=7 sampler.zeta=0.8 hydra.sweep.dir=outputs/tune/diffpir-calibrated
+	-$(SWEEP) task=deblur,super_resolution sampler=ddnm data.offset=8 sampler.budget=svd,smooth hydra.sweep.dir=outputs/tune/unseen-ddnm-budget
+	-$(SWEEP) task=denoise,inpaint,deblur,super_resolution sampler=daps,ald data.offset=8 hydra.sweep.dir=outputs/tune/unseen-new
 
 # make table K=4: 4 posterior samples per measurement (posterior-mean metrics, coverage, paired CIs), 8 images a batch
 K ?= 1
