@@ -47,10 +47,14 @@ def previous_alphas_cumprod(alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor
     return torch.cat([ab[1:], one])
 
 
+def ve_sigmas(alphas_cumprod: Tensor) -> Tensor:
+    """VE noise levels σ_t = sqrt((1 − ᾱ_t)/ᾱ_t) of a VP schedule (x_t/sqrt(ᾱ_t) = x0 + σ_t·ε)."""
+    return ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+
+
 def sdedit_start(alphas_cumprod: Tensor, sigma: float) -> int:
     """Timestep whose VE noise level sqrt((1 − ᾱ_t)/ᾱ_t) is closest to ``sigma`` (SDEdit, Meng et al. 2022)."""
-    levels = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
-    return int((levels - sigma).abs().argmin())
+    return int((ve_sigmas(alphas_cumprod) - sigma).abs().argmin())
 
 
 def alphas_cumprod_problems(alphas_cumprod: Tensor) -> list[str]:

@@ -16,15 +16,11 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from diffexp.models.schedule import ve_sigmas
 from diffexp.rng import per_image_noise
 from diffexp.samplers.base import Callback, FiniteCheck, grid_alphas, require_measurement
 from diffexp.samplers.registry import per_step, sampler
 from diffexp.settings import PositiveFloat, PositiveInt
-
-
-def ve_levels(ab: Tensor) -> Tensor:
-    """VE noise levels σ_t = sqrt((1−ᾱ_t)/ᾱ_t) of a VP model at the grid's ᾱ_t (x_VE = x_VP/sqrt(ᾱ_t) = x0 + σ_t·ε)."""
-    return ((1 - ab) / ab).sqrt()
 
 
 def network_calls(timesteps: Tensor, steps_per_level: int = 3, **hparams: object) -> int:
@@ -100,7 +96,7 @@ def ald(
     if steps_per_level < 1:
         raise ValueError(f"sampler.steps_per_level={steps_per_level} must be >= 1")
     ab_all, _ = grid_alphas(model, timesteps, x)
-    sigmas = ve_levels(ab_all)
+    sigmas = ve_sigmas(ab_all)
     sigma_last = float(sigmas[-1])
     if not sigma_last > 0:
         raise ValueError(f"sampler=ald: the grid's last level t={int(timesteps[-1])} has σ_L = 0 (ᾱ_t = 1): "

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor
 
+from diffexp.models.schedule import ve_sigmas
 from diffexp.rng import per_image_noise
 from diffexp.samplers.base import Callback, FiniteCheck, require_measurement
 from diffexp.samplers.registry import sampler
@@ -34,17 +35,9 @@ def edm_sigmas(num: int, sigma_max: float, sigma_min: float, rho: float) -> Tens
     return (sigma_max ** (1 / rho) + r * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
-def nearest_timesteps(model: Any, sigmas: Tensor) -> Tensor:
-    """The model's timestep whose σ_t = sqrt((1−ᾱ_t)/ᾱ_t) is nearest to each σ (EDM's ``iDDPMPrecond``)."""
-    ac = model.alphas_cumprod.double().cpu()
-    levels = ((1 - ac) / ac).sqrt()
-    return (levels[None, :] - sigmas.double()[:, None]).abs().argmin(dim=1)
-
-
-def model_sigmas(model: Any, t: Tensor, like: Tensor) -> Tensor:
-    """σ_t = sqrt((1−ᾱ_t)/ᾱ_t) of timesteps ``t``, in ``like``'s dtype and device."""
-    ac = model.alphas_cumprod.double()[t.to(model.alphas_cumprod.device)]
-    return ((1 - ac) / ac).sqrt().to(like.device, like.dtype)
+def nearest_timesteps(table: Tensor, sigmas: Tensor) -> Tensor:
+    """The timestep whose σ_t in ``table`` (the model's ``ve_sigmas``) is nearest to each σ (EDM's ``iDDPMPrecond``)."""
+    return (table[None, :] - sigmas.double()[:, None]).abs().argmin(dim=1)
 
 
 def ode_x0(model: Any, x: Tensor, t: Tensor, sigma: Tensor) -> Tensor:
@@ -147,12 +140,13 @@ def daps(
         raise ValueError(f"sampler.sigma_max={sigma_max} > sampler.sigma_min={sigma_min} > "
                          f"sampler.ode_sigma_min={ode_sigma_min} > 0 must hold")
     L = len(timesteps)
-    first = model_sigmas(model, timesteps[:1].cpu(), torch.empty((), dtype=torch.float64)).item()
+    table = ve_sigmas(model.alphas_cumprod.double().cpu())  # σ_t of every timestep, float64
+    first = float(table[int(timesteps[0])])
     levels = edm_sigmas(L + 1, min(sigma_max, first), sigma_min, rho)[:L]
-    level_t = nearest_timesteps(model, levels)
-    level_sigma = model_sigmas(model, level_t, x)
-    inner = [nearest_timesteps(model, edm_sigmas(ode_steps + 1, float(s), ode_sigma_min, rho)) for s in level_sigma]
-    inner_sigma = [model_sigmas(model, t, x) for t in inner]
+    level_t = nearest_timesteps(table, levels)
+    level_sigma = table[level_t].to(x.device, x.dtype)
+    inner = [nearest_timesteps(table, edm_sigmas(ode_steps + 1, float(s), ode_sigma_min, rho)) for s in level_sigma]
+    inner_sigma = [table[t].to(x.device, x.dtype) for t in inner]
     inner = [t.to(x.device) for t in inner]
     level_ab = 1 / (1 + level_sigma**2)
     check = FiniteCheck("daps", "a model producing NaN/Inf or sampler.lr too large for 2/sampler.tau^2",
